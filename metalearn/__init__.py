@@ -1,0 +1,1 @@
+"""metalearn: meta-learning experiments on JAX, haiku, optax, Hydra and W&B."""

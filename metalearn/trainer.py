@@ -1,0 +1,146 @@
+"""The compiled meta-training loop.
+
+One jitted call runs a whole window of meta-steps (`lax.fori_loop`), sampling each
+step's tasks on device from `fold_in(key, step)`. The window length is a traced
+argument, so windows of any length share one compiled program, and a step's tasks
+depend only on the run key and the step number, not on how steps are windowed. The
+host reads metrics once per window.
+"""
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metalearn.algorithms import Algorithm
+from metalearn.algorithms.base import MetaParams
+from metalearn.models import ModelState
+from metalearn.tasks import TaskFamily
+
+
+class TrainState(NamedTuple):
+    meta_params: MetaParams
+    model_state: ModelState
+    opt_state: optax.OptState
+    key: jax.Array  # the run's task-sampling key; step keys are fold_in(key, step)
+    step: jax.Array  # [] int32, meta-steps taken
+
+
+def init_train_state(
+    algorithm: Algorithm, optimizer: optax.GradientTransformation, key: jax.Array
+) -> TrainState:
+    init_key, task_key = jax.random.split(key)
+    meta_params, model_state = algorithm.init(init_key)
+    return TrainState(
+        meta_params=meta_params,
+        model_state=model_state,
+        opt_state=optimizer.init(meta_params),
+        key=task_key,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def make_train_step(
+    algorithm: Algorithm,
+    task: TaskFamily,
+    optimizer: optax.GradientTransformation,
+    tasks_per_step: int,
+    num_support: int,
+    num_query: int,
+) -> Callable[[TrainState], tuple[TrainState, jax.Array]]:
+    """One meta-step: sample `tasks_per_step` tasks, meta-gradient, optimiser update."""
+
+    def sample_tasks(key):
+        keys = jax.random.split(key, tasks_per_step)
+        return jax.vmap(lambda k: task.sample(k, num_support, num_query))(keys)
+
+    def train_step(state: TrainState) -> tuple[TrainState, jax.Array]:
+        tasks = sample_tasks(jax.random.fold_in(state.key, state.step))
+        loss, grads, model_state = algorithm.meta_grad(
+            state.meta_params, state.model_state, tasks
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
+        meta_params = optax.apply_updates(state.meta_params, updates)
+        next_state = TrainState(
+            meta_params, model_state, opt_state, state.key, state.step + 1
+        )
+        return next_state, loss
+
+    return train_step
+
+
+def make_train_window(
+    train_step: Callable[[TrainState], tuple[TrainState, jax.Array]],
+) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """Jitted `(state, num_steps) -> (state, metrics)` running `num_steps` steps.
+
+    `metrics["train/meta_loss"]` is the mean meta-loss over the window.
+    """
+
+    def window(state: TrainState, num_steps: jax.Array):
+        def body(_, carry):
+            state, total = carry
+            state, loss = train_step(state)
+            return state, total + loss
+
+        state, total = jax.lax.fori_loop(
+            0, num_steps, body, (state, jnp.zeros((), jnp.float32))
+        )
+        return state, {"train/meta_loss": total / num_steps}
+
+    return jax.jit(window, donate_argnums=0)
+
+
+class Schedule(NamedTuple):
+    num_steps: int  # total meta-steps of the run
+    log_every: int  # metrics window length
+    eval_every: int  # 0: evaluate only at the end
+
+
+def window_ends(start: int, schedule: Schedule) -> list[int]:
+    """Steps where the host reads metrics: log and eval boundaries and the end."""
+    ends = set(range(schedule.log_every, schedule.num_steps, schedule.log_every))
+    if schedule.eval_every:
+        ends |= set(range(schedule.eval_every, schedule.num_steps, schedule.eval_every))
+    ends.add(schedule.num_steps)
+    return sorted(end for end in ends if end > start)
+
+
+def fit(
+    state: TrainState,
+    train_window: Callable,
+    schedule: Schedule,
+    evaluate: Callable[[TrainState], Mapping[str, float]],
+    on_metrics: Callable[[int, dict[str, Any]], None],
+) -> tuple[TrainState, dict[str, Any]]:
+    """Runs training to `schedule.num_steps`, reporting each window's metrics.
+
+    Returns the final state and the run summary: the last window's metrics, the last
+    evaluation, `perf/steps_per_s` over the whole run and `perf/compile_s`.
+    """
+    start = int(state.step)
+    compile_start = time.perf_counter()
+    compiled = train_window.lower(state, jnp.int32(1)).compile()
+    summary: dict[str, Any] = {"perf/compile_s": time.perf_counter() - compile_start}
+    done, train_seconds = start, 0.0
+    for end in window_ends(start, schedule):
+        window_start = time.perf_counter()
+        state, metrics = compiled(state, jnp.int32(end - done))
+        metrics = {
+            name: float(value) for name, value in jax.device_get(metrics).items()
+        }
+        seconds = time.perf_counter() - window_start
+        metrics["perf/steps_per_s"] = (end - done) / seconds
+        train_seconds, done = train_seconds + seconds, end
+        if end == schedule.num_steps or (
+            schedule.eval_every and end % schedule.eval_every == 0
+        ):
+            metrics.update(evaluate(state))
+        on_metrics(end, metrics)
+        summary.update(metrics)
+    if done > start:
+        summary["perf/steps_per_s"] = (done - start) / train_seconds
+    return state, summary
