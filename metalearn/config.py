@@ -91,6 +91,33 @@ class MamlConfig:
 
 
 @dataclass
+class ReptileConfig:
+    name: str = "reptile"
+
+
+@dataclass
+class MetaSgdConfig:
+    name: str = "metasgd"
+    first_order: bool = False
+
+
+@dataclass
+class AnilConfig:
+    name: str = "anil"
+    first_order: bool = False
+
+
+@dataclass
+class SgdBaselineConfig:
+    name: str = "sgd"
+
+
+@dataclass
+class PretrainedConfig:
+    name: str = "pretrained"
+
+
+@dataclass
 class AdamConfig:
     _target_: str = "optax.adam"
     b1: float = 0.9
@@ -141,7 +168,14 @@ class NoLoggerConfig:
 SCHEMAS = {
     "task": {"sinusoid": SinusoidConfig},
     "model": {"mlp": MlpConfig},
-    "algo": {"maml": MamlConfig},
+    "algo": {
+        "maml": MamlConfig,
+        "reptile": ReptileConfig,
+        "metasgd": MetaSgdConfig,
+        "anil": AnilConfig,
+        "sgd": SgdBaselineConfig,
+        "pretrained": PretrainedConfig,
+    },
     "optimizer": {
         "adam": AdamConfig,
         "adamw": AdamWConfig,

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn import loggers
-from metalearn.algorithms import Algorithm, make_maml
+from metalearn.algorithms import ALGORITHMS, Algorithm
 from metalearn.config import validate
 from metalearn.evaluation import flatten_scores, make_evaluate
 from metalearn.models import Model, make_mlp
@@ -28,7 +28,6 @@ from metalearn.trainer import (
 )
 
 TASKS = {"sinusoid": make_sinusoid}
-ALGORITHMS = {"maml": make_maml}
 
 
 class Parts(NamedTuple):

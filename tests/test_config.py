@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
+from metalearn.algorithms import ALGORITHMS
 from metalearn.config import SCHEMAS, ConfigError, validate
 from metalearn.experiment import build, resolve
 
@@ -48,7 +49,7 @@ def test_every_option_composes_and_builds(make_config, group, option):
     config = resolve(make_config([f"{group}={option}"]))
     validate(config)
     parts = build(config)
-    assert parts.algorithm.name in ("maml", "fomaml")
+    assert parts.algorithm.name in (*ALGORITHMS, "fomaml")
 
 
 def test_every_yaml_option_has_a_schema_and_a_comment_line():

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from metalearn.algorithms import make_maml
+from metalearn.algorithms import make_anil, make_maml, make_metasgd
 from metalearn.inner import make_adapt
-from metalearn.models import Model, make_mlp
-from metalearn.tasks import TaskBatch, TaskFamily
-from metalearn.tasks.sinusoid import make_sinusoid, mean_squared_error
+from metalearn.models import make_mlp
+from metalearn.tasks.sinusoid import make_sinusoid
 
 
 def test_tutorial_maml_objective_and_its_gradient():
@@ -29,60 +28,14 @@ def test_tutorial_maml_objective_and_its_gradient():
     assert 2.0 - jax.grad(maml_objective)(2.0, 1.0) == pytest.approx(-2.0)
 
 
-def constant_model() -> Model:
-    """Predicts its single parameter theta for every input: loss (theta - y)^2."""
-    return Model(
-        init=lambda key, inputs: (jnp.array(0.0), {}),
-        apply=lambda theta, state, inputs, training: (
-            jnp.full(inputs.shape[:1] + (1,), theta),
-            state,
-        ),
-        head=lambda params: True,
-    )
-
-
-def quadratic_task(support_target: float, query_target: float) -> TaskBatch:
-    return TaskBatch(
-        support_inputs=jnp.zeros((3, 1)),
-        support_targets=jnp.full((3, 1), support_target),
-        query_inputs=jnp.zeros((2, 1)),
-        query_targets=jnp.full((2, 1), query_target),
-    )
-
-
-QUADRATIC_FAMILY = TaskFamily(
-    name="quadratic",
-    sample=None,
-    loss=mean_squared_error,
-    metrics={},
-    input_shape=(1,),
-    output_size=1,
-)
-
-
-@pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("steps", [1, 2, 3])
-def test_maml_meta_gradient_on_a_quadratic_matches_closed_form(first_order, steps):
-    # support loss (theta - c)^2: one step maps theta -> c + (1 - 2a)(theta - c);
-    # query loss (theta_n - d)^2, so the meta-gradient is 2 (theta_n - d) (1 - 2a)^n
-    # (second order) or 2 (theta_n - d) (first order: inner Jacobian taken as I).
-    theta, lr, c, d = 0.7, 0.1, 2.0, -1.0
-    maml = make_maml(constant_model(), QUADRATIC_FAMILY, lr, steps, first_order)
-    tasks = jax.tree.map(lambda a: a[None], quadratic_task(c, d))
-    loss, grad, _ = maml.meta_grad(jnp.array(theta), {}, tasks)
-
-    contraction = (1 - 2 * lr) ** steps
-    adapted = c + contraction * (theta - c)
-    expected = 2 * (adapted - d) * (1.0 if first_order else contraction)
-    assert loss == pytest.approx((adapted - d) ** 2, rel=1e-6)
-    assert grad == pytest.approx(expected, rel=1e-5)
-
-
-def test_second_order_meta_gradient_of_an_mlp_matches_finite_differences():
+@pytest.mark.parametrize("make_algorithm", [make_maml, make_metasgd, make_anil])
+def test_second_order_meta_gradient_of_an_mlp_matches_finite_differences(
+    make_algorithm,
+):
     with jax.enable_x64(True):
         task = make_sinusoid()
         model = make_mlp([8, 8], 1, "tanh")
-        maml = make_maml(model, task, inner_lr=0.05, inner_steps=3)
+        maml = make_algorithm(model, task, inner_lr=0.05, inner_steps=3)
         params, state = maml.init(jax.random.key(0))
         params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
         tasks = jax.vmap(lambda k: task.sample(k, 5, 7))(

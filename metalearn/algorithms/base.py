@@ -12,8 +12,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from metalearn.models import ModelState, Params
-from metalearn.tasks import TaskBatch
+from metalearn.inner import LossFn, make_sgd_step
+from metalearn.models import Model, ModelState, Params
+from metalearn.tasks import TaskBatch, TaskFamily
 
 MetaParams = Any  # what the outer optimiser updates: a pytree of arrays
 
@@ -68,7 +69,7 @@ def make_batched_meta_grad(task_objective: TaskObjective) -> Callable:
         losses, states = jax.vmap(task_objective, in_axes=(None, None, 0))(
             meta_params, model_state, tasks
         )
-        return jnp.mean(losses), jax.tree.map(lambda s: jnp.mean(s, axis=0), states)
+        return jnp.mean(losses), mean_over_tasks(states)
 
     value_and_grad = jax.value_and_grad(batch_objective, has_aux=True)
 
@@ -77,3 +78,48 @@ def make_batched_meta_grad(task_objective: TaskObjective) -> Callable:
         return loss, grads, model_state
 
     return meta_grad
+
+
+def make_init(model: Model, task: TaskFamily) -> Callable:
+    """`key -> (params, model_state)` for `model` on `task`'s inputs."""
+    sample_inputs = jnp.zeros((1, *task.input_shape))
+
+    def init(key):
+        return model.init(key, sample_inputs)
+
+    return init
+
+
+def make_predict(model: Model) -> Callable:
+    """`(params, model_state, inputs) -> predictions`, batch statistics as in training
+    (transductive, the MAML reference code's choice for BatchNorm)."""
+
+    def predict(params, model_state, inputs):
+        return model.apply(params, model_state, inputs, True)[0]
+
+    return predict
+
+
+def mean_over_tasks(tree):
+    """Averages every leaf over its leading task axis."""
+    return jax.tree.map(lambda leaf: jnp.mean(leaf, axis=0), tree)
+
+
+def start_from_meta_params(meta_params: MetaParams, key: jax.Array) -> Params:
+    """`adapt_init` of algorithms whose meta-parameters are the initial weights."""
+    del key  # every task starts from the same, meta-learned weights
+    return meta_params
+
+
+def make_sgd_adapt_step(loss_fn: LossFn, learning_rate: float) -> Callable:
+    """`adapt_step` that takes one plain SGD step at `learning_rate`."""
+    step = make_sgd_step(loss_fn)
+
+    def adapt_step(meta_params, params, model_state, inputs, targets):
+        del meta_params
+        params, model_state, _ = step(
+            params, learning_rate, model_state, inputs, targets
+        )
+        return params, model_state
+
+    return adapt_step

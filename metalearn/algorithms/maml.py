@@ -8,10 +8,15 @@ through the inner loop (second order) unless `first_order=True` (FOMAML, §5.2),
 which treats the inner gradients as constants.
 """
 
-import jax
-
-from metalearn.algorithms.base import Algorithm, make_batched_meta_grad
-from metalearn.inner import make_adapt, make_model_loss, make_sgd_step
+from metalearn.algorithms.base import (
+    Algorithm,
+    make_batched_meta_grad,
+    make_init,
+    make_predict,
+    make_sgd_adapt_step,
+    start_from_meta_params,
+)
+from metalearn.inner import make_adapt, make_model_loss
 from metalearn.models import Model
 from metalearn.tasks import TaskBatch, TaskFamily
 
@@ -26,11 +31,6 @@ def make_maml(
     """Builds (first-order) MAML for `model` on `task`."""
     loss_fn = make_model_loss(model, task.loss)
     adapt = make_adapt(loss_fn, inner_steps, first_order)
-    step = make_sgd_step(loss_fn, first_order)
-    sample_inputs = jax.numpy.zeros((1, *task.input_shape))
-
-    def init(key):
-        return model.init(key, sample_inputs)
 
     def task_objective(meta_params, model_state, batch: TaskBatch):
         params, state = adapt(
@@ -42,23 +42,11 @@ def make_maml(
         )
         return loss_fn(params, state, batch.query_inputs, batch.query_targets)
 
-    def adapt_init(meta_params, key):
-        del key  # every task starts from the meta-learned initialisation
-        return meta_params
-
-    def adapt_step(meta_params, params, model_state, inputs, targets):
-        del meta_params
-        params, model_state, _ = step(params, inner_lr, model_state, inputs, targets)
-        return params, model_state
-
-    def predict(params, model_state, inputs):
-        return model.apply(params, model_state, inputs, True)[0]
-
     return Algorithm(
         name="fomaml" if first_order else "maml",
-        init=init,
+        init=make_init(model, task),
         meta_grad=make_batched_meta_grad(task_objective),
-        adapt_init=adapt_init,
-        adapt_step=adapt_step,
-        predict=predict,
+        adapt_init=start_from_meta_params,
+        adapt_step=make_sgd_adapt_step(loss_fn, inner_lr),
+        predict=make_predict(model),
     )

@@ -1,0 +1,68 @@
+"""Meta-SGD (Li, Zhou, Chen & Li, "Meta-SGD: Learning to Learn Quickly for Few-Shot
+Learning", 2017).
+
+MAML with one learning rate per parameter: the meta-parameters are the initial
+weights and a same-shaped pytree of inner learning rates (initialised at
+`inner_lr`), both meta-learned through the (second-order) inner loop.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from metalearn.algorithms.base import (
+    Algorithm,
+    make_batched_meta_grad,
+    make_init,
+    make_predict,
+)
+from metalearn.inner import make_adapt, make_model_loss, make_sgd_step
+from metalearn.models import Model
+from metalearn.tasks import TaskBatch, TaskFamily
+
+
+def make_metasgd(
+    model: Model,
+    task: TaskFamily,
+    inner_lr: float,
+    inner_steps: int,
+    first_order: bool = False,
+) -> Algorithm:
+    """Builds Meta-SGD; meta-parameters are `{"params": ..., "lrs": ...}`."""
+    loss_fn = make_model_loss(model, task.loss)
+    adapt = make_adapt(loss_fn, inner_steps, first_order)
+    step = make_sgd_step(loss_fn)
+    init_weights = make_init(model, task)
+
+    def init(key):
+        params, model_state = init_weights(key)
+        lrs = jax.tree.map(lambda p: jnp.full_like(p, inner_lr), params)
+        return {"params": params, "lrs": lrs}, model_state
+
+    def task_objective(meta_params, model_state, batch: TaskBatch):
+        params, state = adapt(
+            meta_params["params"],
+            meta_params["lrs"],
+            model_state,
+            batch.support_inputs,
+            batch.support_targets,
+        )
+        return loss_fn(params, state, batch.query_inputs, batch.query_targets)
+
+    def adapt_init(meta_params, key):
+        del key
+        return meta_params["params"]
+
+    def adapt_step(meta_params, params, model_state, inputs, targets):
+        params, model_state, _ = step(
+            params, meta_params["lrs"], model_state, inputs, targets
+        )
+        return params, model_state
+
+    return Algorithm(
+        name="metasgd",
+        init=init,
+        meta_grad=make_batched_meta_grad(task_objective),
+        adapt_init=adapt_init,
+        adapt_step=adapt_step,
+        predict=make_predict(model),
+    )

@@ -1,0 +1,157 @@
+"""Each algorithm against hand-derived values and its defining property."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from metalearn.algorithms import (
+    ALGORITHMS,
+    make_anil,
+    make_maml,
+    make_metasgd,
+    make_pretrained,
+    make_reptile,
+    make_sgd_baseline,
+)
+from metalearn.evaluation import make_evaluate
+from metalearn.models import Model, make_mlp
+from metalearn.tasks import TaskBatch, TaskFamily
+from metalearn.tasks.sinusoid import make_sinusoid, mean_squared_error
+from metalearn.trainer import init_train_state, make_train_step, make_train_window
+
+THETA, LR, C, D = 0.7, 0.1, 2.0, -1.0  # start, inner lr, support and query targets
+
+
+def constant_model() -> Model:
+    """Predicts its single parameter theta for every input: MSE = (theta - y)^2."""
+    return Model(
+        init=lambda key, inputs: (jnp.array(THETA), {}),
+        apply=lambda theta, state, inputs, training: (
+            jnp.full((inputs.shape[0], 1), theta),
+            state,
+        ),
+        head=lambda params: True,
+    )
+
+
+QUADRATIC = TaskFamily(
+    name="quadratic",
+    sample=None,
+    loss=mean_squared_error,
+    metrics={},
+    input_shape=(1,),
+    output_size=1,
+)
+ONE_TASK = (
+    TaskBatch(  # with a task axis of 1: support targets C (3 points), query D (2)
+        support_inputs=jnp.zeros((1, 3, 1)),
+        support_targets=jnp.full((1, 3, 1), C),
+        query_inputs=jnp.zeros((1, 2, 1)),
+        query_targets=jnp.full((1, 2, 1), D),
+    )
+)
+
+
+def adapted(steps):
+    """Each SGD step on (theta - C)^2 maps theta -> C + (1 - 2 LR)(theta - C)."""
+    return C + (1 - 2 * LR) ** steps * (THETA - C)
+
+
+# name -> (factory, options, expected meta-gradient after `steps` inner steps)
+CLOSED_FORMS = {
+    "maml": (make_maml, {}, lambda n: 2 * (adapted(n) - D) * (1 - 2 * LR) ** n),
+    "fomaml": (make_maml, {"first_order": True}, lambda n: 2 * (adapted(n) - D)),
+    "anil": (make_anil, {}, lambda n: 2 * (adapted(n) - D) * (1 - 2 * LR) ** n),
+    "reptile": (make_reptile, {}, lambda n: THETA - adapted(n)),
+    "metasgd": (
+        make_metasgd,
+        {},
+        lambda n: {
+            "params": 2 * (adapted(n) - D) * (1 - 2 * LR) ** n,
+            # d theta_n / d lr = -2 n (1 - 2 lr)^(n - 1) (theta - C)
+            "lrs": 2
+            * (adapted(n) - D)
+            * -2
+            * n
+            * (1 - 2 * LR) ** (n - 1)
+            * (THETA - C),
+        },
+    ),
+    # pooled MSE over 3 support (C) and 2 query (D) points, no inner loop
+    "pretrained": (
+        make_pretrained,
+        {},
+        lambda n: (6 * (THETA - C) + 4 * (THETA - D)) / 5,
+    ),
+    "sgd": (make_sgd_baseline, {}, lambda n: 0.0),
+}
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.parametrize("name", CLOSED_FORMS)
+def test_meta_gradient_on_a_quadratic_matches_closed_form(name, steps):
+    factory, options, expected = CLOSED_FORMS[name]
+    algorithm = factory(constant_model(), QUADRATIC, LR, steps, **options)
+    meta_params, state = algorithm.init(jax.random.key(0))
+    _, grads, _ = algorithm.meta_grad(meta_params, state, ONE_TASK)
+    jax.tree.map(
+        lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7),
+        grads,
+        expected(steps),
+    )
+
+
+def test_anil_adapts_the_head_and_leaves_the_body_untouched():
+    task = make_sinusoid()
+    model = make_mlp([8, 8], 1)
+    anil = make_anil(model, task, inner_lr=0.1, inner_steps=1)
+    params, state = anil.init(jax.random.key(0))
+    batch = task.sample(jax.random.key(1), 10, 10)
+    new_params, _ = anil.adapt_step(
+        params, params, state, batch.support_inputs, batch.support_targets
+    )
+    assert set(params) == {"hidden_0", "hidden_1", "head"}
+    for module in ("hidden_0", "hidden_1"):
+        jax.tree.map(np.testing.assert_array_equal, params[module], new_params[module])
+    assert not np.allclose(params["head"]["w"], new_params["head"]["w"])
+
+
+def test_sgd_baseline_ignores_meta_training():
+    task = make_sinusoid(amp_max=0.5)
+    model = make_mlp([16], 1)
+    sgd = make_sgd_baseline(model, task, inner_lr=0.01, inner_steps=1)
+    optimizer = optax.adam(0.01)
+    start = init_train_state(sgd, optimizer, jax.random.key(0))
+    window = make_train_window(make_train_step(sgd, task, optimizer, 4, 10, 10))
+    trained, _ = window(jax.tree.map(jnp.copy, start), jnp.int32(20))
+    jax.tree.map(np.testing.assert_array_equal, start.meta_params, trained.meta_params)
+
+    evaluate = make_evaluate(
+        sgd, task, num_tasks=50, num_support=10, num_query=20, num_steps=20
+    )
+    other_meta_params = jax.tree.map(lambda p: p + 1.0, start.meta_params)
+    means, _ = evaluate(start.meta_params, start.model_state, jax.random.key(2))
+    others, _ = evaluate(other_meta_params, start.model_state, jax.random.key(2))
+    np.testing.assert_array_equal(means["mse"], others["mse"])
+    assert means["mse"][20] < 0.5 * means["mse"][0]  # SGD on the support set helps
+
+
+@pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "sgd"])
+def test_every_algorithm_trains_a_few_steps_and_lowers_its_loss(name):
+    task = make_sinusoid(amp_max=0.5)
+    model = make_mlp([32, 32], 1)
+    algorithm = ALGORITHMS[name](model, task, inner_lr=0.1, inner_steps=1)
+    optimizer = optax.adam(3e-3)
+    window = make_train_window(make_train_step(algorithm, task, optimizer, 8, 10, 10))
+    state = init_train_state(algorithm, optimizer, jax.random.key(0))
+    held_out = jax.vmap(lambda k: task.sample(k, 10, 10))(
+        jax.random.split(jax.random.key(99), 256)
+    )
+    meta_loss = jax.jit(
+        lambda s: algorithm.meta_grad(s.meta_params, s.model_state, held_out)[0]
+    )
+    before = float(meta_loss(state))
+    state, _ = window(state, jnp.int32(300))
+    assert float(meta_loss(state)) < 0.85 * before
