@@ -30,19 +30,21 @@ def run_identity(hydra_config: DictConfig) -> tuple[str | None, str]:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """Runs one job; returns its objective (`eval.objective`) for sweepers."""
     # imported here, after Hydra parsed the command line, so --help stays fast
     from metalearn import experiment
 
     hydra_config = HydraConfig.get()
     group, name = run_identity(hydra_config)
     try:
-        experiment.run(cfg, hydra_config.runtime.output_dir, group, name)
+        summary = experiment.run(cfg, hydra_config.runtime.output_dir, group, name)
     except ConfigError as error:
         print(f"Invalid config:\n{error}", file=sys.stderr)
         if hydra_config.mode == RunMode.MULTIRUN:
             raise  # this job fails; Hydra goes on with the others
         sys.exit(2)
+    return summary["objective"]
 
 
 if __name__ == "__main__":

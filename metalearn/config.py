@@ -44,6 +44,8 @@ class EvalConfig:
     steps: int = 10  # adaptation steps; scores after 0..steps are reported
     seed: int = 0  # the held-out tasks' own seed, independent of `seed`
     tasks_per_batch: int | None = None  # tasks adapted at once (None: all)
+    # what train.py returns (for sweepers such as Optuna): eval/<objective>
+    objective: str = "mse@step${eval.steps}"
 
 
 @dataclass
@@ -226,6 +228,14 @@ def validate(config: dict) -> None:
         problems += _check_at_least(config, {"eval.tasks_per_batch": 1})
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def check_objective(objective: str, metrics: list[str], num_steps: int) -> None:
+    """Raises `ConfigError` unless `objective` is `<metric>@step<i>` that eval makes."""
+    allowed = f"<metric>@step<i> with metric in {metrics} and 0 <= i <= {num_steps}"
+    metric, _, step = objective.partition("@step")
+    if metric not in metrics or not step.isdigit() or int(step) > num_steps:
+        raise ConfigError(f"eval.objective={objective} is not allowed: use {allowed}")
 
 
 def _lookup(config: dict, key: str) -> Any:

@@ -28,7 +28,12 @@ def make_evaluate(
     num_steps: int,
     tasks_per_batch: int | None = None,
 ) -> Callable[[object, object, jax.Array], tuple[Scores, Scores]]:
-    """Builds `evaluate(meta_params, model_state, key) -> (means, ci95)`.
+    """Builds `evaluate(meta_params, model_state, tasks_key, adapt_key) -> (means,
+    ci95)`.
+
+    `tasks_key` draws the held-out tasks (fix it to score every run on the same
+    tasks); `adapt_key` feeds `adapt_init` (e.g. fresh weights for SGD retraining;
+    derive it from the run's seed).
 
     Args:
         tasks_per_batch: how many tasks are adapted at once (`vmap`); fewer bound
@@ -62,14 +67,13 @@ def make_evaluate(
         )
 
     @jax.jit
-    def evaluate(meta_params, model_state, key):
-        task_key, init_key = jax.random.split(key)
+    def evaluate(meta_params, model_state, tasks_key, adapt_key):
         tasks = jax.vmap(lambda k: task.sample(k, num_support, num_query))(
-            jax.random.split(task_key, num_tasks)
+            jax.random.split(tasks_key, num_tasks)
         )
         per_task = jax.lax.map(
             lambda args: one_task(meta_params, model_state, *args),
-            (tasks, jax.random.split(init_key, num_tasks)),
+            (tasks, jax.random.split(adapt_key, num_tasks)),
             batch_size=tasks_per_batch or num_tasks,
         )  # name -> [num_tasks, num_steps + 1]
         means = jax.tree.map(lambda s: jnp.mean(s, axis=0), per_task)

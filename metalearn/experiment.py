@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metalearn import loggers
 from metalearn.algorithms import ALGORITHMS, Algorithm
-from metalearn.config import validate
+from metalearn.config import check_objective, validate
 from metalearn.evaluation import flatten_scores, make_evaluate
 from metalearn.models import Model, make_mlp
 from metalearn.tasks import TaskFamily
@@ -95,6 +95,8 @@ def run(
 ) -> dict[str, Any]:
     """Trains and evaluates the configured experiment; returns its summary.
 
+    The summary's `objective` is `eval/<eval.objective>`, the value sweepers minimise.
+
     Writes `history.jsonl` and `summary.json` into `output_dir`, plus a W&B run
     when `logger=wandb`. Raises `ConfigError` before doing anything if a value is
     out of range.
@@ -103,6 +105,9 @@ def run(
     validate(config)
     parts = build(config)
     inner, outer, evaluation = config["inner"], config["outer"], config["eval"]
+    check_objective(
+        evaluation["objective"], list(parts.task.metrics), evaluation["steps"]
+    )
     evaluate = make_evaluate(
         parts.algorithm,
         parts.task,
@@ -112,7 +117,8 @@ def run(
         num_steps=evaluation["steps"],
         tasks_per_batch=evaluation["tasks_per_batch"],
     )
-    eval_key = jax.random.key(evaluation["seed"])
+    eval_tasks_key = jax.random.key(evaluation["seed"])
+    train_key, eval_adapt_key = jax.random.split(jax.random.key(config["seed"]))
     train_window = make_train_window(
         make_train_step(
             parts.algorithm,
@@ -130,18 +136,17 @@ def run(
     summary: dict[str, Any] = {}
     exit_code = 1
     try:
-        state = init_train_state(
-            parts.algorithm, parts.optimizer, jax.random.key(config["seed"])
-        )
+        state = init_train_state(parts.algorithm, parts.optimizer, train_key)
         _, summary = fit(
             state,
             train_window,
             schedule,
             evaluate=lambda s: flatten_scores(
-                *evaluate(s.meta_params, s.model_state, eval_key)
+                *evaluate(s.meta_params, s.model_state, eval_tasks_key, eval_adapt_key)
             ),
             on_metrics=lambda step, metrics: logger.log(metrics, step),
         )
+        summary["objective"] = summary[f"eval/{evaluation['objective']}"]
         exit_code = 0
     finally:
         logger.finish(summary, exit_code)

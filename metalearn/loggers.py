@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 HISTORY_FILE = "history.jsonl"
 SUMMARY_FILE = "summary.json"
+STATUS_FILE = "status.json"  # {"state": "running" | "finished" | "failed"}
 
 
 class Logger(Protocol):
@@ -23,11 +24,13 @@ class Logger(Protocol):
 
 class LocalFiles:
     """Appends each window to `history.jsonl` (flushed, so an interrupted run keeps
-    what it logged) and writes `summary.json` atomically at the end."""
+    what it logged), writes `summary.json` atomically at the end, and keeps
+    `status.json` saying whether the run is running, finished or failed."""
 
     def __init__(self, output_dir: str | os.PathLike):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(self.output_dir / STATUS_FILE, {"state": "running"})
         self._history = open(self.output_dir / HISTORY_FILE, "a")  # noqa: SIM115
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
@@ -38,6 +41,8 @@ class LocalFiles:
         self._history.close()
         if exit_code == 0:
             write_json_atomically(self.output_dir / SUMMARY_FILE, summary)
+        state = "finished" if exit_code == 0 else "failed"
+        write_json_atomically(self.output_dir / STATUS_FILE, {"state": state})
 
 
 def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:

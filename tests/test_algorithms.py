@@ -132,9 +132,14 @@ def test_sgd_baseline_ignores_meta_training():
         sgd, task, num_tasks=50, num_support=10, num_query=20, num_steps=20
     )
     other_meta_params = jax.tree.map(lambda p: p + 1.0, start.meta_params)
-    means, _ = evaluate(start.meta_params, start.model_state, jax.random.key(2))
-    others, _ = evaluate(other_meta_params, start.model_state, jax.random.key(2))
+    keys = jax.random.key(2), jax.random.key(3)
+    means, _ = evaluate(start.meta_params, start.model_state, *keys)
+    others, _ = evaluate(other_meta_params, start.model_state, *keys)
+    reseeded, _ = evaluate(start.meta_params, start.model_state, keys[0], keys[0])
     np.testing.assert_array_equal(means["mse"], others["mse"])
+    assert not np.allclose(
+        means["mse"][1:], reseeded["mse"][1:]
+    )  # fresh weights differ
     assert means["mse"][20] < 0.5 * means["mse"][0]  # SGD on the support set helps
 
 

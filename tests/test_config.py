@@ -52,6 +52,33 @@ def test_every_option_composes_and_builds(make_config, group, option):
     assert parts.algorithm.name in (*ALGORITHMS, "fomaml")
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"experiment={e}"] for e in options("experiment")]
+    + [[f"variant={v}"] for v in options("variant")]
+    + [
+        [f"experiment={e}", f"variant={v}"]
+        for e in options("experiment")
+        for v in ("maml_b1", "sgd")
+    ],
+)
+def test_every_preset_and_variant_composes_and_builds(make_config, overrides):
+    config = resolve(make_config(overrides))
+    validate(config)
+    build(config)
+
+
+def test_paper_preset_is_the_maml_papers_setting_and_variants_apply_last(make_config):
+    config = resolve(make_config(["experiment=maml_paper_sinusoid", "variant=maml_b4"]))
+    assert config["task"]["amp_max"] == 5.0 and config["inner"] == {
+        "lr": 0.01,
+        "steps": 1,
+        "k": 10,
+    }
+    assert config["outer"]["steps"] == 70000 and config["outer"]["batch"] == 4
+    assert config["eval"]["k"] == 5 and config["eval"]["num_tasks"] == 600
+
+
 def test_every_yaml_option_has_a_schema_and_a_comment_line():
     for group in SCHEMAS:
         for path in (REPO / "conf" / group).glob("*.yaml"):

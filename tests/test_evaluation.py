@@ -19,12 +19,12 @@ def test_scores_are_mean_and_ci_over_the_fixed_held_out_tasks():
     evaluate = make_evaluate(
         maml, TASK, num_tasks=64, num_support=5, num_query=30, num_steps=3
     )
-    means, ci95 = evaluate(params, state, jax.random.key(7))
+    means, ci95 = evaluate(params, state, jax.random.key(7), jax.random.key(8))
     assert means["mse"].shape == ci95["mse"].shape == (4,)
 
     # Recompute by hand: the same held-out tasks, adapted one step at a time.
-    task_key, _ = jax.random.split(jax.random.key(7))
-    tasks = jax.vmap(lambda k: TASK.sample(k, 5, 30))(jax.random.split(task_key, 64))
+    keys = jax.random.split(jax.random.key(7), 64)
+    tasks = jax.vmap(lambda k: TASK.sample(k, 5, 30))(keys)
     adapt_step, predict = jax.jit(maml.adapt_step), jax.jit(maml.predict)
     per_task = np.zeros((64, 4))
     for i in range(64):
@@ -51,10 +51,11 @@ def test_batched_evaluation_equals_all_at_once_and_repeats_exactly():
     maml = make_maml(MODEL, TASK, inner_lr=0.01, inner_steps=1)
     params, state = maml.init(jax.random.key(0))
     kwargs = dict(num_tasks=40, num_support=5, num_query=10, num_steps=2)
-    whole = make_evaluate(maml, TASK, **kwargs)(params, state, jax.random.key(1))
-    again = make_evaluate(maml, TASK, **kwargs)(params, state, jax.random.key(1))
+    keys = jax.random.key(1), jax.random.key(2)
+    whole = make_evaluate(maml, TASK, **kwargs)(params, state, *keys)
+    again = make_evaluate(maml, TASK, **kwargs)(params, state, *keys)
     chunked = make_evaluate(maml, TASK, tasks_per_batch=8, **kwargs)(
-        params, state, jax.random.key(1)
+        params, state, *keys
     )
     jax.tree.map(np.testing.assert_array_equal, whole, again)
     jax.tree.map(

@@ -15,6 +15,7 @@ SUMMARY_KEYS = {
     "train/meta_loss",
     "perf/steps_per_s",
     "perf/compile_s",
+    "objective",
     *(f"eval/mse{kind}@step{i}" for kind in ("", "_ci95") for i in range(11)),
 }
 

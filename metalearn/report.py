@@ -1,0 +1,311 @@
+"""A local report of a sweep: `python -m metalearn.report <sweep dir>`.
+
+Reads every job's `.hydra/overrides.yaml`, `summary.json` and `history.jsonl` (no W&B,
+no server), groups jobs by their overrides other than the seed, and writes into the
+sweep dir:
+
+- `report.md` and `report.csv`: per group, eval scores after 0/1/5/10 adaptation
+  steps as mean ± 95% CI over seeds (Student t), train steps/s, and how many jobs
+  finished; failed or unfinished jobs are counted and marked, never averaged in;
+- `adaptation.png`: score vs adaptation steps per group (mean, CI band);
+- `meta_loss.png`: training meta-loss vs meta-step per group.
+"""
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+from metalearn.loggers import HISTORY_FILE, STATUS_FILE, SUMMARY_FILE  # noqa: E402
+
+REPORT_STEPS = (0, 1, 5, 10)
+# two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond the table
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
+        8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+
+
+class Job(NamedTuple):
+    path: Path
+    overrides: list[str]
+    status: str  # finished | failed | unfinished
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+class Group(NamedTuple):
+    label: dict[str, str]  # override key -> value, seed excluded
+    jobs: list[Job]
+
+    @property
+    def finished(self) -> list[Job]:
+        return [job for job in self.jobs if job.status == "finished"]
+
+
+def read_job(path: Path) -> Job:
+    overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
+    summary_path, status_path = path / SUMMARY_FILE, path / STATUS_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary:
+        status = "finished"
+    elif status_path.exists():
+        status = json.loads(status_path.read_text())["state"]
+        status = "unfinished" if status == "running" else status
+    else:
+        status = "unfinished"
+    history_path = path / HISTORY_FILE
+    history = []
+    if history_path.exists():
+        for line in history_path.read_text().splitlines():
+            try:
+                history.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a killed job
+                break
+    return Job(path, overrides, status, summary, history)
+
+
+def find_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job dir (one holding `.hydra/overrides.yaml`) below `sweep_dir`."""
+    paths = [p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")]
+    numbered = sorted(paths, key=lambda p: [_natural(part) for part in p.parts])
+    return [read_job(path) for path in numbered]
+
+
+def _natural(text: str) -> tuple[int, str]:
+    return (int(text), "") if text.isdigit() else (math.inf, text)
+
+
+def group_jobs(jobs: Sequence[Job], over: Sequence[str] = ("seed",)) -> list[Group]:
+    """Groups jobs whose overrides agree on every key but those in `over`.
+
+    A group's label keeps only the keys whose values differ between jobs.
+    """
+    labels = []
+    for job in jobs:
+        pairs = [o.lstrip("+~").split("=", 1) for o in job.overrides]
+        labels.append({k: v for k, v in pairs if k not in over and k[:5] != "hydra"})
+    varying = [
+        key
+        for key in dict.fromkeys(k for label in labels for k in label)
+        if len({label.get(key) for label in labels}) > 1
+    ]
+    groups: dict[tuple, Group] = {}
+    for job, label in zip(jobs, labels, strict=True):
+        kept = {key: label[key] for key in varying if key in label}
+        groups.setdefault(tuple(kept.items()), Group(kept, []))[1].append(job)
+    return list(groups.values())
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% CI (Student t; 0 for a single value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    dof = len(values) - 1
+    t = T_95.get(dof) or min((v for k, v in T_95.items() if k >= dof), default=1.96)
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def metric_names(groups: Sequence[Group]) -> list[str]:
+    names = set()
+    for group in groups:
+        for job in group.finished:
+            names |= {m.group(1) for k in job.summary if (m := _EVAL.match(k))}
+    return sorted(name for name in names if not name.endswith("_ci95"))
+
+
+_EVAL = re.compile(r"eval/([a-z0-9_]+)@step(\d+)$")
+
+
+def table_rows(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
+    keys = list(dict.fromkeys(k for group in groups for k in group.label))
+    metrics = metric_names(groups)
+    header = [*keys, "jobs", "status"]
+    header += [f"{m}@step{s}" for m in metrics for s in REPORT_STEPS]
+    header += ["steps_per_s"]
+    rows = []
+    for group in groups:
+        done = group.finished
+        problems = [f"{j.path.name}:{j.status}" for j in group.jobs if j not in done]
+        row = [group.label.get(k, "") for k in keys]
+        row += [
+            f"{len(done)}/{len(group.jobs)}",
+            "ok" if not problems else " ".join(problems),
+        ]
+        for metric in metrics:
+            for step in REPORT_STEPS:
+                row.append(
+                    _cell([j.summary.get(f"eval/{metric}@step{step}") for j in done])
+                )
+        row.append(_cell([j.summary.get("perf/steps_per_s") for j in done], digits=0))
+        rows.append(row)
+    return header, rows
+
+
+def _cell(values: list[float | None], digits: int = 4) -> str:
+    """`mean ± ci` over the finite values; diverged (nan/inf) ones are counted."""
+    values = [v for v in values if v is not None]
+    finite = [v for v in values if math.isfinite(v)]
+    diverged = f" [{len(values) - len(finite)}/{len(values)} non-finite]"
+    suffix = diverged if len(finite) < len(values) else ""
+    if not finite:
+        return "-" + suffix if not values else "non-finite" + suffix
+    mean, ci = mean_ci(finite)
+    form = f".{digits}g" if digits else ".0f"
+    ci_form = ".2g" if digits else ".0f"
+    if math.isnan(ci):
+        return f"{mean:{form}}{suffix}"
+    return f"{mean:{form}} ± {ci:{ci_form}}{suffix}"
+
+
+def write_tables(groups: Sequence[Group], sweep_dir: Path) -> None:
+    header, rows = table_rows(groups)
+    with open(sweep_dir / "report.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    lines = [f"# Sweep report: {sweep_dir}", ""]
+    lines += [
+        "Eval scores: mean ± 95% CI over seeds (Student t), over the seeds whose score",
+        "is finite; `[k/n non-finite]` counts seeds whose adaptation diverged. The",
+        "figure leaves diverged seeds out.",
+        "",
+    ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += [
+        "",
+        "![adaptation](adaptation.png)",
+        "",
+        "![meta-loss](meta_loss.png)",
+        "",
+    ]
+    (sweep_dir / "report.md").write_text("\n".join(lines))
+
+
+def _panels(groups: Sequence[Group]) -> dict[str, list[Group]]:
+    """Splits groups by their first label key when labels have several keys."""
+    panels: dict[str, list[Group]] = {}
+    for group in groups:
+        items = list(group.label.items())
+        title = "=".join(items[0]) if len(items) > 1 else ""
+        panels.setdefault(title, []).append(group)
+    return panels
+
+
+def _name(group: Group, title: str) -> str:
+    parts = [f"{k}={v}" for k, v in group.label.items() if f"{k}={v}" != title]
+    return ", ".join(parts) or "default"
+
+
+def plot_adaptation(groups: Sequence[Group], metric: str, path: Path) -> None:
+    panels = _panels(groups)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False
+    )
+    for ax, (title, members) in zip(axes[0], panels.items(), strict=True):
+        for group in members:
+            curves = [_curve(job.summary, metric) for job in group.finished]
+            curves = [c for c in curves if c and all(map(math.isfinite, c))]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            stats = [mean_ci([c[i] for c in curves]) for i in range(length)]
+            means = [m for m, _ in stats]
+            cis = [0.0 if math.isnan(ci) else ci for _, ci in stats]
+            (line,) = ax.plot(range(length), means, label=_name(group, title))
+            low = [m - c for m, c in zip(means, cis, strict=True)]
+            high = [m + c for m, c in zip(means, cis, strict=True)]
+            ax.fill_between(range(length), low, high, color=line.get_color(), alpha=0.2)
+        ax.set(
+            title=title,
+            xlabel="adaptation steps",
+            ylabel=f"query {metric}",
+            yscale="log",
+        )
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _curve(summary: dict[str, Any], metric: str) -> list[float]:
+    steps = {int(m.group(2)): v for k, v in summary.items()
+             if (m := _EVAL.match(k)) and m.group(1) == metric}  # fmt: skip
+    return [steps[i] for i in range(len(steps)) if i in steps]
+
+
+def plot_meta_loss(groups: Sequence[Group], path: Path) -> None:
+    panels = _panels(groups)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False
+    )
+    for ax, (title, members) in zip(axes[0], panels.items(), strict=True):
+        for group in members:
+            by_step: dict[int, list[float]] = {}
+            for job in group.jobs:
+                for row in job.history:
+                    if "train/meta_loss" in row:
+                        by_step.setdefault(row["step"], []).append(
+                            row["train/meta_loss"]
+                        )
+            if by_step:
+                steps = sorted(by_step)
+                means = [statistics.fmean(by_step[s]) for s in steps]
+                ax.plot(steps, means, label=_name(group, title))
+        ax.set(title=title, xlabel="meta-step", ylabel="meta-loss", yscale="log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(sweep_dir: Path, over: Sequence[str] = ("seed",)) -> list[Group]:
+    """Writes report.md, report.csv, adaptation.png and meta_loss.png."""
+    jobs = find_jobs(sweep_dir)
+    if not jobs:
+        raise FileNotFoundError(
+            f"no Hydra jobs (.hydra/overrides.yaml) below {sweep_dir}"
+        )
+    groups = group_jobs(jobs, over)
+    write_tables(groups, sweep_dir)
+    metrics = metric_names(groups)
+    if metrics:
+        plot_adaptation(groups, metrics[0], sweep_dir / "adaptation.png")
+    plot_meta_loss(groups, sweep_dir / "meta_loss.png")
+    return groups
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m metalearn.report", description=__doc__
+    )
+    parser.add_argument("sweep_dir", type=Path, help="a multirun dir (or any parent)")
+    parser.add_argument(
+        "--over",
+        nargs="*",
+        default=["seed"],
+        help="override keys averaged over rather than grouped by (default: seed)",
+    )
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"sweep_dir {args.sweep_dir} is not a directory")
+    try:
+        groups = write_report(args.sweep_dir, args.over)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    jobs = sum(len(g.jobs) for g in groups)
+    print(f"{jobs} jobs in {len(groups)} groups -> {args.sweep_dir / 'report.md'}")
+    print((args.sweep_dir / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

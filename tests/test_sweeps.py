@@ -1,0 +1,167 @@
+"""The comparison sweep, the local report, and sweeps through Hydra's plugins."""
+
+import json
+import math
+import sys
+
+import pytest
+import yaml
+from conftest import QUICK, REPO
+from test_runs import load_train_py
+from wandb_offline import find_runs, read_run
+
+from metalearn import report
+
+
+def fake_job(root, number, overrides, summary=None, status=None, history=()):
+    job = root / str(number)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if summary is not None:
+        (job / "summary.json").write_text(json.dumps(summary))
+    if status is not None:
+        (job / "status.json").write_text(json.dumps({"state": status}))
+    with open(job / "history.jsonl", "w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+        f.write('{"step": 9')  # a line cut short by a killed job
+
+
+def scores(step1, steps_per_s=100.0):
+    return {
+        **{f"eval/mse@step{i}": 1.0 / (i + 1) for i in range(11)},
+        "eval/mse@step1": step1,
+        "perf/steps_per_s": steps_per_s,
+    }
+
+
+def test_report_averages_over_seeds_and_marks_failed_and_unfinished_jobs(tmp_path):
+    history = [
+        {"step": 5, "train/meta_loss": 2.0},
+        {"step": 10, "train/meta_loss": 1.0},
+    ]
+    for seed, value in enumerate([0.1, 0.2, 0.3]):
+        fake_job(
+            tmp_path,
+            seed,
+            ["algo=maml", f"seed={seed}"],
+            scores(value),
+            history=history,
+        )
+    fake_job(tmp_path, 3, ["algo=sgd", "seed=0"], scores(0.5), history=history)
+    fake_job(tmp_path, 4, ["algo=sgd", "seed=1"], status="failed")
+    fake_job(tmp_path, 5, ["algo=sgd", "seed=2"], status="running")
+
+    report.main([str(tmp_path)])
+
+    rows = list(__import__("csv").reader((tmp_path / "report.csv").open()))
+    header, maml, sgd = rows
+    assert header[:3] == ["algo", "jobs", "status"]
+    assert maml[:3] == ["maml", "3/3", "ok"]
+    # mean 0.2, CI = t(2) * std / sqrt(3) = 4.303 * 0.1 / sqrt(3)
+    expected_ci = 4.303 * 0.1 / math.sqrt(3)
+    assert maml[header.index("mse@step1")] == f"0.2 ± {expected_ci:.2g}"
+    assert sgd[:2] == ["sgd", "1/3"]
+    assert "4:failed" in sgd[2] and "5:unfinished" in sgd[2]
+    assert sgd[header.index("mse@step1")] == "0.5"  # one finished seed: no CI
+    assert "| maml | 3/3 | ok |" in (tmp_path / "report.md").read_text()
+    for figure in ("adaptation.png", "meta_loss.png"):
+        assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_refuses_a_dir_without_jobs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path)])
+    assert "no Hydra jobs" in capsys.readouterr().err
+
+
+def run_train(monkeypatch, argv):
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv, "hydra/job_logging=disabled"])
+    load_train_py().main()
+
+
+def test_the_comparison_sweep_runs_and_reports(monkeypatch, tmp_path):
+    sweep = tmp_path / "compare"
+    run_train(
+        monkeypatch,
+        [
+            "-m",
+            "--config-dir",
+            str(REPO / "sweeps"),
+            "--config-name",
+            "compare",
+            "experiment=tutorial",
+            "variant=maml_b4,sgd",
+            "seed=0,1",
+            *QUICK,
+            "outer.steps=20",
+            f"hydra.sweep.dir={sweep}",
+        ],
+    )
+    runs = [read_run(path) for path in find_runs(sweep)]
+    assert sorted(r.job_type for r in runs) == ["maml", "maml", "sgd", "sgd"]
+    assert len({r.group for r in runs}) == 1
+
+    groups = report.write_report(sweep)
+    assert [g.label for g in groups] == [{"variant": "maml_b4"}, {"variant": "sgd"}]
+    assert all(len(g.finished) == 2 for g in groups)
+    sgd_summary = groups[1].finished[0].summary
+    assert "eval/mse@step100" in sgd_summary  # baselines are scored to 100 steps
+    assert (sweep / "report.md").exists() and (sweep / "adaptation.png").exists()
+
+
+def objectives(sweep_dir):
+    return [
+        json.loads(path.read_text())["objective"]
+        for path in sorted(sweep_dir.glob("*/summary.json"))
+    ]
+
+
+def test_joblib_launcher_runs_jobs_in_two_processes(monkeypatch, tmp_path):
+    sweep = tmp_path / "joblib"
+    run_train(
+        monkeypatch,
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "inner.lr=0.01,0.1"]
+        + [*QUICK, "logger=none", f"hydra.sweep.dir={sweep}"],
+    )
+    assert len(objectives(sweep)) == 2
+
+
+def test_submitit_local_launcher_runs_a_job(monkeypatch, tmp_path):
+    sweep = tmp_path / "submitit"
+    run_train(
+        monkeypatch,
+        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]
+        + ["seed=0", *QUICK, "logger=none", f"hydra.sweep.dir={sweep}"],
+    )
+    assert len(objectives(sweep)) == 1
+    assert (sweep / ".submitit").is_dir()
+
+
+def test_submitit_slurm_launcher_config_composes(make_config):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.timeout_min > 0
+
+
+def test_optuna_sweep_minimises_the_returned_objective(monkeypatch, tmp_path):
+    sweep = tmp_path / "optuna"
+    run_train(
+        monkeypatch,
+        ["-m", "--config-dir", str(REPO / "sweeps"), "--config-name", "tune_lrs"]
+        + ["hydra.sweeper.n_trials=3", *QUICK, "logger=none"]
+        + [f"hydra.sweep.dir={sweep}"],
+    )
+    values = objectives(sweep)
+    assert len(values) == 3
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(min(values))
+    assert set(results["best_params"]) == {"inner.lr", "outer.lr"}
