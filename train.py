@@ -4,6 +4,8 @@ See README.md for the config keys. This file only connects Hydra to
 `metalearn.experiment.run`.
 """
 
+import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -34,17 +36,44 @@ def main(cfg: DictConfig) -> float:
     """Runs one job; returns its objective (`eval.objective`) for sweepers."""
     # imported here, after Hydra parsed the command line, so --help stays fast
     from metalearn import experiment
+    from metalearn.trainer import NonFiniteError, Preempted
 
+    for chatty in ("absl", "jax._src.xla_bridge"):  # orbax's and JAX's INFO lines
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     hydra_config = HydraConfig.get()
     group, name = run_identity(hydra_config)
+    output_dir = hydra_config.runtime.output_dir
     try:
-        summary = experiment.run(cfg, hydra_config.runtime.output_dir, group, name)
+        config = cfg
+        if cfg.resume is not None:
+            overrides = list(hydra_config.overrides.task)
+            config = experiment.config_for_resume(cfg.resume, overrides)
+            group = name = None  # the resumed W&B run keeps its own
+        summary = experiment.run(config, output_dir, group, name)
     except ConfigError as error:
-        print(f"Invalid config:\n{error}", file=sys.stderr)
-        if hydra_config.mode == RunMode.MULTIRUN:
-            raise  # this job fails; Hydra goes on with the others
-        sys.exit(2)
+        stop(hydra_config, output_dir, error, f"Invalid config:\n{error}", exit_code=2)
+    except NonFiniteError as error:
+        stop(hydra_config, output_dir, error, f"Training stopped: {error}", exit_code=1)
+    except Preempted as error:
+        resume_hint = f"resume with: python train.py resume={output_dir}"
+        message = f"Interrupted: {error}; {resume_hint}"
+        stop(hydra_config, output_dir, error, message, exit_code=3)
     return summary["objective"]
+
+
+def stop(hydra_config, output_dir: str, error: Exception, message: str, exit_code: int):
+    """Ends a failed job: a short message, no traceback, a non-zero exit code.
+
+    In a multirun the job is marked failed and the error raised, so that Hydra
+    records it and goes on with the other jobs.
+    """
+    print(message, file=sys.stderr)
+    if hydra_config.mode == RunMode.MULTIRUN:
+        status = Path(output_dir) / "status.json"
+        if not status.exists() or "running" in status.read_text():
+            status.write_text(json.dumps({"state": "failed", "error": message}))
+        raise error
+    sys.exit(exit_code)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf
 
 from metalearn.models import ACTIVATIONS, WEIGHT_INITS
 
@@ -40,6 +40,7 @@ class EvalConfig:
     every: int = 2000  # meta-steps between evaluations (0: only at the end)
     num_tasks: int = 1000  # held-out tasks
     k: int = II("inner.k")  # support points per held-out task
+    extra_k: list[int] = field(default_factory=list)  # also scored at these K
     num_query: int = 100  # query points per held-out task
     steps: int = 10  # adaptation steps; scores after 0..steps are reported
     seed: int = 0  # the held-out tasks' own seed, independent of `seed`
@@ -51,6 +52,13 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     log_every: int = 100  # meta-steps per metrics window (one host read each)
+    devices: int = 0  # devices the task batch is split over (0: all visible)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 5000  # meta-steps between checkpoints (0: only at the end)
+    keep: int = 2  # most recent checkpoints kept
 
 
 @dataclass
@@ -64,7 +72,9 @@ class Config:
     outer: OuterConfig = field(default_factory=OuterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 0
+    resume: str | None = None  # a run's output dir: continue that run there
 
 
 @dataclass
@@ -90,6 +100,7 @@ class MlpConfig:
 class MamlConfig:
     name: str = "maml"
     first_order: bool = False  # true: first-order MAML (no second derivatives)
+    remat: bool = False  # recompute inner-step activations in backward: less memory
 
 
 @dataclass
@@ -101,12 +112,14 @@ class ReptileConfig:
 class MetaSgdConfig:
     name: str = "metasgd"
     first_order: bool = False
+    remat: bool = False  # recompute inner-step activations in backward: less memory
 
 
 @dataclass
 class AnilConfig:
     name: str = "anil"
     first_order: bool = False
+    remat: bool = False  # recompute inner-step activations in backward: less memory
 
 
 @dataclass
@@ -193,8 +206,15 @@ def register_configs() -> None:
     """Stores the schema as `schema` and each option's as `schema/<group>/<name>`.
 
     YAML options extend theirs with `defaults: [/schema/<group>/<name>@_here_]`, so
-    a misspelt key inside an option file is rejected too.
+    a misspelt key inside an option file is rejected too. Also registers the
+    resolvers `conf/config.yaml` uses to send a resumed run to its own dir.
     """
+    if not OmegaConf.has_resolver("if_resume"):
+        # ${if_resume:${resume},a,b}: a when resuming a run, else b
+        OmegaConf.register_new_resolver(
+            "if_resume",
+            lambda resume, then, otherwise: otherwise if resume is None else then,
+        )
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
     for group, options in SCHEMAS.items():
@@ -220,10 +240,18 @@ def validate(config: dict) -> None:
                 "eval.num_query": 1,
                 "eval.steps": 0,
                 "train.log_every": 1,
+                "train.devices": 0,
+                "checkpoint.every": 0,
+                "checkpoint.keep": 1,
             },
         ),
         *_check_options(config),
     ]
+    if any(k < 1 for k in config["eval"]["extra_k"]):
+        problems.append(
+            f"eval.extra_k={config['eval']['extra_k']} is not allowed: every K must "
+            "be an integer >= 1"
+        )
     if config["eval"]["tasks_per_batch"] is not None:
         problems += _check_at_least(config, {"eval.tasks_per_batch": 1})
     if problems:

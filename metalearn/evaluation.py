@@ -29,7 +29,7 @@ def make_evaluate(
     tasks_per_batch: int | None = None,
 ) -> Callable[[object, object, jax.Array], tuple[Scores, Scores]]:
     """Builds `evaluate(meta_params, model_state, tasks_key, adapt_key) -> (means,
-    ci95)`.
+    ci95, medians)`.
 
     `tasks_key` draws the held-out tasks (fix it to score every run on the same
     tasks); `adapt_key` feeds `adapt_init` (e.g. fresh weights for SGD retraining;
@@ -81,17 +81,23 @@ def make_evaluate(
             lambda s: 1.96 * jnp.std(s, axis=0, ddof=1) / jnp.sqrt(num_tasks),
             per_task,
         )
-        return means, ci95
+        # the median shows whether a bad mean comes from a few diverging tasks
+        medians = jax.tree.map(lambda s: jnp.median(s, axis=0), per_task)
+        return means, ci95, medians
 
     return evaluate
 
 
-def flatten_scores(means: Scores, ci95: Scores, report_steps=None) -> dict:
-    """Metric dict `eval/<metric>@step<i>` and `eval/<metric>_ci95@step<i>`."""
+def flatten_scores(
+    means: Scores, ci95: Scores, medians: Scores, suffix: str = ""
+) -> dict:
+    """Metric dict `eval/<metric><suffix>@step<i>` (mean over tasks),
+    `eval/<metric><suffix>_ci95@step<i>` and `eval/<metric><suffix>_median@step<i>`,
+    as Python floats."""
     flat = {}
-    for name, values in means.items():
-        steps = range(len(values)) if report_steps is None else report_steps
-        for i in steps:
-            flat[f"eval/{name}@step{i}"] = float(values[i])
-            flat[f"eval/{name}_ci95@step{i}"] = float(ci95[name][i])
+    for name, values in jax.device_get(means).items():
+        for i, value in enumerate(values):
+            flat[f"eval/{name}{suffix}@step{i}"] = float(value)
+            flat[f"eval/{name}{suffix}_ci95@step{i}"] = float(ci95[name][i])
+            flat[f"eval/{name}{suffix}_median@step{i}"] = float(medians[name][i])
     return flat

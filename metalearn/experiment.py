@@ -4,30 +4,41 @@ The only module that turns a config into objects (`hydra.utils.instantiate` for 
 optimiser); everything it calls takes plain Python values.
 """
 
+import contextlib
+import json
 import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import optax
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn import loggers
 from metalearn.algorithms import ALGORITHMS, Algorithm
-from metalearn.config import check_objective, validate
+from metalearn.checkpoints import Checkpointer
+from metalearn.config import ConfigError, check_objective, validate
 from metalearn.evaluation import flatten_scores, make_evaluate
 from metalearn.models import Model, make_mlp
 from metalearn.tasks import TaskFamily
 from metalearn.tasks.sinusoid import make_sinusoid
 from metalearn.trainer import (
+    Preempted,
     Schedule,
+    TrainState,
     fit,
     init_train_state,
+    make_task_mesh,
     make_train_step,
     make_train_window,
 )
 
 TASKS = {"sinusoid": make_sinusoid}
+CHECKPOINT_DIR = "checkpoints"  # inside the run's output dir
 
 
 class Parts(NamedTuple):
@@ -63,11 +74,19 @@ def build(config: dict) -> Parts:
 
 
 def make_logger(
-    config: dict, output_dir: str, group: str | None, name: str | None, job_type: str
+    config: dict,
+    output_dir: Path,
+    group: str | None,
+    name: str | None,
+    job_type: str,
+    start_step: int = 0,
+    resume_meta: dict | None = None,
 ) -> loggers.Fanout:
+    """Local files and a progress bar, plus W&B with `logger=wandb`; from
+    `start_step` on, continuing the W&B run named in `resume_meta` if any."""
     chosen: list[loggers.Logger] = [
-        loggers.LocalFiles(output_dir),
-        loggers.ProgressBar(config["outer"]["steps"]),
+        loggers.LocalFiles(output_dir, start_step),
+        loggers.ProgressBar(config["outer"]["steps"], start_step),
     ]
     options = config["logger"]
     if options["name"] == "wandb":
@@ -82,72 +101,252 @@ def make_logger(
                 name=name,
                 job_type=job_type,
                 tags=options["tags"],
+                run_id=(resume_meta or {}).get(loggers.WANDB_RUN_ID),
             )
         )
     return loggers.Fanout(chosen)
 
 
+def make_evaluation(
+    parts: Parts, evaluation: dict, adapt_key: jax.Array
+) -> Callable[[TrainState], dict[str, float]]:
+    """The configured protocol at `eval.k` shots (keys `eval/<metric>@step<i>`) and
+    at each of `eval.extra_k` (keys `eval/<metric>_k<K>@step<i>`)."""
+    tasks_key = jax.random.key(evaluation["seed"])
+    shots = {"": evaluation["k"]} | {f"_k{k}": k for k in evaluation["extra_k"]}
+    protocols = {
+        suffix: make_evaluate(
+            parts.algorithm,
+            parts.task,
+            num_tasks=evaluation["num_tasks"],
+            num_support=k,
+            num_query=evaluation["num_query"],
+            num_steps=evaluation["steps"],
+            tasks_per_batch=evaluation["tasks_per_batch"],
+        )
+        for suffix, k in shots.items()
+    }
+
+    def evaluate(state: TrainState) -> dict[str, float]:
+        metrics = {}
+        for suffix, protocol in protocols.items():
+            scores = protocol(
+                state.meta_params, state.model_state, tasks_key, adapt_key
+            )
+            metrics |= flatten_scores(*scores, suffix)
+        return metrics
+
+    return evaluate
+
+
+# Keys that never change a run's numbers: they may differ between a run and its
+# resumption. (`outer.steps` may grow or shrink: step keys do not depend on it.)
+RESUMABLE_KEYS = (
+    "logger",
+    "train.log_every",
+    "checkpoint",
+    "eval.every",
+    "eval.tasks_per_batch",
+    "outer.steps",
+)
+CONFIG_FILE = "config.json"  # the resolved config, written when a run starts
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat = {}
+    for key, value in node.items():
+        flat |= _flatten(value, f"{prefix}.{key}" if prefix else key)
+    return flat
+
+
+def maths_differences(saved: dict, current: dict) -> list[str]:
+    """`key: saved -> current` for every key that changes a run's numbers."""
+    old, new = _flatten(saved), _flatten(current)
+    return [
+        f"{key}: {old.get(key)} -> {new.get(key)}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+        and not any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+    ]
+
+
+def load_saved_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The resolved config a run in `run_dir` started with; `ConfigError` if none."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file() or not (Path(run_dir) / CHECKPOINT_DIR).is_dir():
+        raise ConfigError(
+            f"resume={run_dir} is not allowed: it must be the output dir of a run "
+            f"that saved a checkpoint (holding {CONFIG_FILE} and {CHECKPOINT_DIR}/)"
+        )
+    return json.loads(path.read_text())
+
+
+def config_for_resume(run_dir: str, overrides: list[str]) -> dict[str, Any]:
+    """The config to continue the run in `run_dir`: the one it started with, plus
+    command-line `overrides` that cannot change its numbers (`RESUMABLE_KEYS`)."""
+    config = OmegaConf.create(load_saved_config(run_dir))
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key in ("resume", "experiment", "variant") or key.startswith("hydra"):
+            continue
+        resumable = any(key.startswith(k + ".") or key == k for k in RESUMABLE_KEYS)
+        if not resumable or "." not in key:  # a group choice such as logger=none
+            raise ConfigError(
+                f"{override} is not allowed with resume=: a resumed run keeps the "
+                "config it started with; only these keys may change (values, not "
+                f"groups): {', '.join(RESUMABLE_KEYS)}"
+            )
+        OmegaConf.update(config, key, yaml.safe_load(value), force_add=False)
+    return OmegaConf.to_container(config)
+
+
+def _restore_or_start(
+    config: dict, parts: Parts, output_dir: Path, checkpointer: Checkpointer, key
+) -> tuple[TrainState, dict[str, Any]]:
+    """A fresh state, or the latest checkpoint when `output_dir` holds this run."""
+    state = init_train_state(parts.algorithm, parts.optimizer, key)
+    saved_config = output_dir / CONFIG_FILE
+    if saved_config.exists():
+        differences = maths_differences(json.loads(saved_config.read_text()), config)
+        if differences:
+            raise ConfigError(
+                f"{output_dir} holds a run with another config; refusing to resume "
+                "it with changes that alter its numbers:\n  " + "\n  ".join(differences)
+            )
+    if checkpointer.latest_step() is None:
+        loggers.write_json_atomically(saved_config, config)
+        return state, {}
+    return checkpointer.restore(state)
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a request to stop at the next window boundary."""
+
+    def __init__(self):
+        self.raised: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # outside the main thread signals cannot be caught: leave them alone
+            with contextlib.suppress(ValueError):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 def run(
-    cfg: DictConfig,
+    cfg: DictConfig | dict,
     output_dir: str | os.PathLike,
     group: str | None = None,
     name: str | None = None,
 ) -> dict[str, Any]:
     """Trains and evaluates the configured experiment; returns its summary.
 
-    The summary's `objective` is `eval/<eval.objective>`, the value sweepers minimise.
+    Writes `config.json`, `history.jsonl`, `status.json`, checkpoints and at the
+    end `summary.json` into `output_dir`, plus a W&B run when `logger=wandb`. When
+    `output_dir` already holds a checkpoint of the same run (a resume, or a requeued
+    cluster job), training continues from it, into the same W&B run. The summary's
+    `objective` is `eval/<eval.objective>`, the value sweepers minimise.
 
-    Writes `history.jsonl` and `summary.json` into `output_dir`, plus a W&B run
-    when `logger=wandb`. Raises `ConfigError` before doing anything if a value is
-    out of range.
+    Raises:
+        ConfigError: before any output, for a value out of range, or for a config
+            that differs from the one `output_dir` was started with.
+        NonFiniteError: the meta-loss or a parameter became NaN/inf.
+        Preempted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
     """
-    config = resolve(cfg)
+    config = resolve(cfg) if isinstance(cfg, DictConfig) else cfg
     validate(config)
     parts = build(config)
-    inner, outer, evaluation = config["inner"], config["outer"], config["eval"]
+    evaluation = config["eval"]
     check_objective(
         evaluation["objective"], list(parts.task.metrics), evaluation["steps"]
     )
-    evaluate = make_evaluate(
-        parts.algorithm,
-        parts.task,
-        num_tasks=evaluation["num_tasks"],
-        num_support=evaluation["k"],
-        num_query=evaluation["num_query"],
-        num_steps=evaluation["steps"],
-        tasks_per_batch=evaluation["tasks_per_batch"],
-    )
-    eval_tasks_key = jax.random.key(evaluation["seed"])
+    mesh = task_mesh(config)
+    output_dir = Path(output_dir)
     train_key, eval_adapt_key = jax.random.split(jax.random.key(config["seed"]))
-    train_window = make_train_window(
+    checkpointer = Checkpointer(
+        output_dir / CHECKPOINT_DIR, config["checkpoint"]["keep"]
+    )
+    try:
+        state, meta = _restore_or_start(
+            config, parts, output_dir, checkpointer, train_key
+        )
+    except ConfigError:
+        checkpointer.close()
+        raise
+    logger = make_logger(
+        config, output_dir, group, name, parts.algorithm.name, int(state.step), meta
+    )
+    summary: dict[str, Any] = {}
+    exit_code = 1
+    try:
+        with _StopFlag() as stop:
+            _, summary = fit(
+                state,
+                _make_window(config, parts, mesh),
+                _schedule(config),
+                evaluate=make_evaluation(parts, evaluation, eval_adapt_key),
+                on_metrics=lambda step, metrics: logger.log(metrics, step),
+                checkpoint=lambda s: checkpointer.save(s, logger.resume_meta()),
+                should_stop=lambda: stop.raised is not None,
+            )
+        summary["objective"] = summary[f"eval/{evaluation['objective']}"]
+        exit_code = 0
+    except Preempted:
+        exit_code = loggers.PREEMPTED_EXIT_CODE
+        raise
+    finally:
+        checkpointer.close()
+        logger.finish(summary, exit_code)
+    return summary
+
+
+def task_mesh(config: dict) -> jax.sharding.Mesh | None:
+    """The device mesh for the task batch, or None on one device."""
+    available = jax.device_count()
+    wanted = config["train"]["devices"] or available
+    if wanted > available:
+        raise ConfigError(
+            f"train.devices={wanted} is not allowed: only {available} device(s) are "
+            "visible (0 uses all of them)"
+        )
+    if wanted == 1:
+        return None
+    if config["outer"]["batch"] % wanted:
+        raise ConfigError(
+            f"outer.batch={config['outer']['batch']} is not allowed on {wanted} "
+            f"devices: it must be a multiple of {wanted} (or set train.devices)"
+        )
+    return make_task_mesh(wanted)
+
+
+def _make_window(config: dict, parts: Parts, mesh: jax.sharding.Mesh | None):
+    return make_train_window(
         make_train_step(
             parts.algorithm,
             parts.task,
             parts.optimizer,
-            tasks_per_step=outer["batch"],
-            num_support=inner["k"],
-            num_query=outer["num_query"],
+            tasks_per_step=config["outer"]["batch"],
+            num_support=config["inner"]["k"],
+            num_query=config["outer"]["num_query"],
+            mesh=mesh,
         )
     )
-    schedule = Schedule(
-        outer["steps"], config["train"]["log_every"], evaluation["every"]
+
+
+def _schedule(config: dict) -> Schedule:
+    return Schedule(
+        num_steps=config["outer"]["steps"],
+        log_every=config["train"]["log_every"],
+        eval_every=config["eval"]["every"],
+        checkpoint_every=config["checkpoint"]["every"],
     )
-    logger = make_logger(config, str(output_dir), group, name, parts.algorithm.name)
-    summary: dict[str, Any] = {}
-    exit_code = 1
-    try:
-        state = init_train_state(parts.algorithm, parts.optimizer, train_key)
-        _, summary = fit(
-            state,
-            train_window,
-            schedule,
-            evaluate=lambda s: flatten_scores(
-                *evaluate(s.meta_params, s.model_state, eval_tasks_key, eval_adapt_key)
-            ),
-            on_metrics=lambda step, metrics: logger.log(metrics, step),
-        )
-        summary["objective"] = summary[f"eval/{evaluation['objective']}"]
-        exit_code = 0
-    finally:
-        logger.finish(summary, exit_code)
-    return summary

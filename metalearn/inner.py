@@ -52,11 +52,14 @@ def make_sgd_step(loss_fn: LossFn, first_order: bool = False) -> StepFn:
 
 
 def make_adapt(
-    loss_fn: LossFn, num_steps: int, first_order: bool = False
+    loss_fn: LossFn, num_steps: int, first_order: bool = False, remat: bool = False
 ) -> Callable[[Params, Any, ModelState, jax.Array, jax.Array], tuple[Params, Any]]:
     """`num_steps` SGD steps: `(params, lr, state, inputs, targets) -> (params, state)`.
 
-    `num_steps` is closed over because it fixes the scan's length.
+    `num_steps` is closed over because it fixes the scan's length. With `remat`,
+    each step's activations are recomputed in the backward pass instead of stored
+    (`jax.checkpoint`), so memory of a differentiated loop stops growing with
+    `num_steps` at the price of about one more forward pass per step.
     """
     step = make_sgd_step(loss_fn, first_order)
 

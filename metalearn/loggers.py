@@ -13,7 +13,9 @@ from typing import Any, Protocol
 
 HISTORY_FILE = "history.jsonl"
 SUMMARY_FILE = "summary.json"
-STATUS_FILE = "status.json"  # {"state": "running" | "finished" | "failed"}
+STATUS_FILE = "status.json"  # {"state": running | finished | failed | preempted}
+PREEMPTED_EXIT_CODE = 3  # the exit code a run stopped by SIGTERM/SIGINT reports
+WANDB_RUN_ID = "wandb_run_id"  # key of the W&B run id in checkpoint metadata
 
 
 class Logger(Protocol):
@@ -27,11 +29,15 @@ class LocalFiles:
     what it logged), writes `summary.json` atomically at the end, and keeps
     `status.json` saying whether the run is running, finished or failed."""
 
-    def __init__(self, output_dir: str | os.PathLike):
+    def __init__(self, output_dir: str | os.PathLike, start_step: int = 0):
+        """Resuming at `start_step` drops history rows logged after it."""
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomically(self.output_dir / STATUS_FILE, {"state": "running"})
-        self._history = open(self.output_dir / HISTORY_FILE, "a")  # noqa: SIM115
+        history = self.output_dir / HISTORY_FILE
+        kept = [row for row in read_history(history) if row["step"] <= start_step]
+        history.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        self._history = open(history, "a")  # noqa: SIM115
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         self._history.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -41,8 +47,22 @@ class LocalFiles:
         self._history.close()
         if exit_code == 0:
             write_json_atomically(self.output_dir / SUMMARY_FILE, summary)
-        state = "finished" if exit_code == 0 else "failed"
+        state = {0: "finished", PREEMPTED_EXIT_CODE: "preempted"}.get(
+            exit_code, "failed"
+        )
         write_json_atomically(self.output_dir / STATUS_FILE, {"state": state})
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows of a `history.jsonl`; a last line cut short by a kill is dropped."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
 
 
 def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
@@ -66,10 +86,14 @@ class WandbRun:
         job_type: str,
         entity: str | None = None,
         tags: Sequence[str] = (),
+        run_id: str | None = None,
     ):
+        """`run_id` continues that run (a resumed training run)."""
         import wandb  # deferred: costs ~0.5 s and is not needed with logger=none
 
         self._run = wandb.init(
+            id=run_id,
+            resume="allow" if run_id else None,
             project=project,
             entity=entity,
             mode=mode,
@@ -82,6 +106,10 @@ class WandbRun:
             reinit="finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
         )
+
+    @property
+    def run_id(self) -> str:
+        return self._run.id
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         self._run.log(dict(metrics), step=step)
@@ -118,10 +146,22 @@ class Fanout:
     def __init__(self, loggers: Sequence[Logger]):
         self.loggers = list(loggers)
 
+    def resume_meta(self) -> dict[str, Any]:
+        """What a checkpoint records to continue these loggers: the W&B run id."""
+        ids = [lg.run_id for lg in self.loggers if isinstance(lg, WandbRun)]
+        return {WANDB_RUN_ID: ids[0] if ids else None}
+
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         for logger in self.loggers:
             logger.log(metrics, step)
 
     def finish(self, summary: Mapping[str, Any], exit_code: int) -> None:
+        """Finishes every logger, even when one of them fails."""
+        errors = []
         for logger in self.loggers:
-            logger.finish(summary, exit_code)
+            try:
+                logger.finish(summary, exit_code)
+            except Exception as error:  # noqa: BLE001 - re-raised below
+                errors.append(error)
+        if errors:
+            raise errors[0]

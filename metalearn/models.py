@@ -28,10 +28,15 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 HEAD_MODULE = "head"  # name of every model's final layer
 
 
-WEIGHT_INITS = {  # name -> (scale, fan mode) of a truncated-normal variance scaling
-    "glorot": (1.0, "fan_avg"),  # stax's Dense default, as in the maml-jax tutorial
-    "lecun": (1.0, "fan_in"),  # haiku's Linear default
-    "he": (2.0, "fan_in"),
+WEIGHT_INITS = {  # name -> haiku initialiser of weight matrices (biases start at 0)
+    # stax's Dense default, as in the maml-jax tutorial
+    "glorot": lambda: hk.initializers.VarianceScaling(
+        1.0, "fan_avg", "truncated_normal"
+    ),
+    "lecun": lambda: hk.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal"),
+    "he": lambda: hk.initializers.VarianceScaling(2.0, "fan_in", "truncated_normal"),
+    # the MAML reference code (cbfinn/maml): truncated normal, std 0.01
+    "maml": lambda: hk.initializers.TruncatedNormal(0.01),
 }
 
 
@@ -82,10 +87,10 @@ def make_mlp(
     start at zero; weights from a truncated normal scaled as `weight_init` names.
     """
     act = ACTIVATIONS[activation]
-    scale, mode = WEIGHT_INITS[weight_init]
+    make_w_init = WEIGHT_INITS[weight_init]
 
     def forward(inputs: jax.Array, is_training: bool) -> jax.Array:
-        w_init = hk.initializers.VarianceScaling(scale, mode, "truncated_normal")
+        w_init = make_w_init()
         del is_training  # no layer of an MLP behaves differently in training
         hidden = inputs.reshape(inputs.shape[0], -1)
         for i, size in enumerate(hidden_sizes):

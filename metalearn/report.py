@@ -27,7 +27,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-from metalearn.loggers import HISTORY_FILE, STATUS_FILE, SUMMARY_FILE  # noqa: E402
+from metalearn.loggers import (  # noqa: E402
+    HISTORY_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
+    read_history,
+)
 
 REPORT_STEPS = (0, 1, 5, 10)
 # two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond the table
@@ -63,15 +68,7 @@ def read_job(path: Path) -> Job:
         status = "unfinished" if status == "running" else status
     else:
         status = "unfinished"
-    history_path = path / HISTORY_FILE
-    history = []
-    if history_path.exists():
-        for line in history_path.read_text().splitlines():
-            try:
-                history.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a killed job
-                break
-    return Job(path, overrides, status, summary, history)
+    return Job(path, overrides, status, summary, read_history(path / HISTORY_FILE))
 
 
 def find_jobs(sweep_dir: Path) -> list[Job]:
@@ -121,7 +118,7 @@ def metric_names(groups: Sequence[Group]) -> list[str]:
     for group in groups:
         for job in group.finished:
             names |= {m.group(1) for k in job.summary if (m := _EVAL.match(k))}
-    return sorted(name for name in names if not name.endswith("_ci95"))
+    return sorted(n for n in names if not n.endswith(("_ci95", "_median")))
 
 
 _EVAL = re.compile(r"eval/([a-z0-9_]+)@step(\d+)$")

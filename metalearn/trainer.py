@@ -20,6 +20,16 @@ from metalearn.algorithms.base import MetaParams
 from metalearn.models import ModelState
 from metalearn.tasks import TaskFamily
 
+TASK_AXIS = "tasks"  # the device-mesh axis the task batch is split over
+
+
+def make_task_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+    """A one-axis mesh over the first `num_devices` devices (default: all)."""
+    devices = jax.devices()[: num_devices or jax.device_count()]
+    return jax.sharding.Mesh(
+        devices, (TASK_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+    )
+
 
 class TrainState(NamedTuple):
     meta_params: MetaParams
@@ -50,12 +60,26 @@ def make_train_step(
     tasks_per_step: int,
     num_support: int,
     num_query: int,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState], tuple[TrainState, jax.Array]]:
-    """One meta-step: sample `tasks_per_step` tasks, meta-gradient, optimiser update."""
+    """One meta-step: sample `tasks_per_step` tasks, meta-gradient, optimiser update.
+
+    With a `mesh` (one axis, "tasks"), the task batch is sharded across its devices
+    and everything else replicated; XLA turns the mean over tasks into an
+    all-reduce. `tasks_per_step` must be a multiple of the mesh size.
+    """
+    task_sharding = None
+    if mesh is not None:
+        task_sharding = jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec(TASK_AXIS)
+        )
 
     def sample_tasks(key):
         keys = jax.random.split(key, tasks_per_step)
-        return jax.vmap(lambda k: task.sample(k, num_support, num_query))(keys)
+        tasks = jax.vmap(lambda k: task.sample(k, num_support, num_query))(keys)
+        if task_sharding is not None:
+            tasks = jax.lax.with_sharding_constraint(tasks, task_sharding)
+        return tasks
 
     def train_step(state: TrainState) -> tuple[TrainState, jax.Array]:
         tasks = sample_tasks(jax.random.fold_in(state.key, state.step))
@@ -77,7 +101,9 @@ def make_train_window(
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """Jitted `(state, num_steps) -> (state, metrics)` running `num_steps` steps.
 
-    `metrics["train/meta_loss"]` is the mean meta-loss over the window.
+    `metrics["train/meta_loss"]` is the mean meta-loss over the window;
+    `metrics["finite"]` whether it and every meta-parameter are finite (one
+    reduction per window: the NaN guard costs nothing per step).
     """
 
     def window(state: TrainState, num_steps: jax.Array):
@@ -89,7 +115,12 @@ def make_train_window(
         state, total = jax.lax.fori_loop(
             0, num_steps, body, (state, jnp.zeros((), jnp.float32))
         )
-        return state, {"train/meta_loss": total / num_steps}
+        finite = jnp.isfinite(total) & jnp.all(
+            jnp.array(
+                [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.meta_params)]
+            )
+        )
+        return state, {"train/meta_loss": total / num_steps, "finite": finite}
 
     return jax.jit(window, donate_argnums=0)
 
@@ -97,16 +128,28 @@ def make_train_window(
 class Schedule(NamedTuple):
     num_steps: int  # total meta-steps of the run
     log_every: int  # metrics window length
-    eval_every: int  # 0: evaluate only at the end
+    eval_every: int = 0  # 0: evaluate only at the end
+    checkpoint_every: int = 0  # 0: checkpoint only at the end
+
+    def due(self, step: int, every: int) -> bool:
+        return step == self.num_steps or bool(every and step % every == 0)
 
 
 def window_ends(start: int, schedule: Schedule) -> list[int]:
-    """Steps where the host reads metrics: log and eval boundaries and the end."""
-    ends = set(range(schedule.log_every, schedule.num_steps, schedule.log_every))
-    if schedule.eval_every:
-        ends |= set(range(schedule.eval_every, schedule.num_steps, schedule.eval_every))
-    ends.add(schedule.num_steps)
+    """Steps where the host takes over: log, eval and checkpoint boundaries, the end."""
+    ends = {schedule.num_steps}
+    for every in (schedule.log_every, schedule.eval_every, schedule.checkpoint_every):
+        if every:
+            ends |= set(range(every, schedule.num_steps, every))
     return sorted(end for end in ends if end > start)
+
+
+class NonFiniteError(RuntimeError):
+    """The meta-loss or a meta-parameter became NaN or infinite."""
+
+
+class Preempted(RuntimeError):
+    """Training stopped on request (a signal) after saving a checkpoint."""
 
 
 def fit(
@@ -115,8 +158,16 @@ def fit(
     schedule: Schedule,
     evaluate: Callable[[TrainState], Mapping[str, float]],
     on_metrics: Callable[[int, dict[str, Any]], None],
+    checkpoint: Callable[[TrainState], None] = lambda state: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[TrainState, dict[str, Any]]:
-    """Runs training to `schedule.num_steps`, reporting each window's metrics.
+    """Runs training from `state.step` to `schedule.num_steps`.
+
+    Reports each window's metrics to `on_metrics`, evaluates every
+    `schedule.eval_every` steps and checkpoints every `schedule.checkpoint_every`
+    steps (both also at the end). Raises `NonFiniteError` on a non-finite
+    meta-loss or meta-parameter (the last checkpoint stays the last good one), and
+    `Preempted` after checkpointing when `should_stop()` turns true.
 
     Returns the final state and the run summary: the last window's metrics, the last
     evaluation, `perf/steps_per_s` over the whole run and `perf/compile_s`.
@@ -133,14 +184,24 @@ def fit(
             name: float(value) for name, value in jax.device_get(metrics).items()
         }
         seconds = time.perf_counter() - window_start
+        if not metrics.pop("finite"):
+            raise NonFiniteError(
+                "the meta-loss or a meta-parameter became NaN or infinite between "
+                f"meta-steps {done} and {end} (window meta-loss "
+                f"{metrics['train/meta_loss']}); the last checkpoint is the last good "
+                "state. Try a lower outer.lr or inner.lr, or fewer inner.steps."
+            )
         metrics["perf/steps_per_s"] = (end - done) / seconds
         train_seconds, done = train_seconds + seconds, end
-        if end == schedule.num_steps or (
-            schedule.eval_every and end % schedule.eval_every == 0
-        ):
+        if schedule.due(end, schedule.eval_every):
             metrics.update(evaluate(state))
         on_metrics(end, metrics)
         summary.update(metrics)
+        stop = should_stop()
+        if stop or schedule.due(end, schedule.checkpoint_every):
+            checkpoint(state)
+        if stop and end < schedule.num_steps:
+            raise Preempted(f"stopped at meta-step {end}; a checkpoint was saved")
     if done > start:
         summary["perf/steps_per_s"] = (done - start) / train_seconds
     return state, summary

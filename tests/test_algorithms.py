@@ -133,9 +133,9 @@ def test_sgd_baseline_ignores_meta_training():
     )
     other_meta_params = jax.tree.map(lambda p: p + 1.0, start.meta_params)
     keys = jax.random.key(2), jax.random.key(3)
-    means, _ = evaluate(start.meta_params, start.model_state, *keys)
-    others, _ = evaluate(other_meta_params, start.model_state, *keys)
-    reseeded, _ = evaluate(start.meta_params, start.model_state, keys[0], keys[0])
+    means, *_ = evaluate(start.meta_params, start.model_state, *keys)
+    others, *_ = evaluate(other_meta_params, start.model_state, *keys)
+    reseeded, *_ = evaluate(start.meta_params, start.model_state, keys[0], keys[0])
     np.testing.assert_array_equal(means["mse"], others["mse"])
     assert not np.allclose(
         means["mse"][1:], reseeded["mse"][1:]

@@ -36,7 +36,7 @@ def test_the_default_is_the_tutorials_batched_maml(make_config):
     assert config["outer"] == {"lr": 0.001, "steps": 20000, "batch": 4, "num_query": 20}
     assert config["optimizer"]["_target_"] == "optax.adam"
     assert config["model"]["hidden_sizes"] == [40, 40]
-    assert config["algo"] == {"name": "maml", "first_order": False}
+    assert config["algo"] == {"name": "maml", "first_order": False, "remat": False}
     assert config["logger"]["name"] == "wandb"
     assert config["eval"]["k"] == 20 and config["eval"]["num_tasks"] == 1000
 
@@ -88,7 +88,7 @@ def test_every_yaml_option_has_a_schema_and_a_comment_line():
 
 def test_fomaml_preset_is_first_order_maml(make_config):
     config = resolve(make_config(["algo=fomaml"]))
-    assert config["algo"] == {"name": "maml", "first_order": True}
+    assert config["algo"] == {"name": "maml", "first_order": True, "remat": False}
     assert build(config).algorithm.name == "fomaml"
 
 

@@ -19,7 +19,7 @@ def test_scores_are_mean_and_ci_over_the_fixed_held_out_tasks():
     evaluate = make_evaluate(
         maml, TASK, num_tasks=64, num_support=5, num_query=30, num_steps=3
     )
-    means, ci95 = evaluate(params, state, jax.random.key(7), jax.random.key(8))
+    means, ci95, medians = evaluate(params, state, jax.random.key(7), jax.random.key(8))
     assert means["mse"].shape == ci95["mse"].shape == (4,)
 
     # Recompute by hand: the same held-out tasks, adapted one step at a time.
@@ -44,6 +44,7 @@ def test_scores_are_mean_and_ci_over_the_fixed_held_out_tasks():
     np.testing.assert_allclose(
         ci95["mse"], 1.96 * per_task.std(0, ddof=1) / np.sqrt(64), rtol=1e-3
     )
+    np.testing.assert_allclose(medians["mse"], np.median(per_task, 0), rtol=1e-4)
     assert per_task[:, 3].mean() < per_task[:, 0].mean()  # adaptation helps
 
 
@@ -64,12 +65,19 @@ def test_batched_evaluation_equals_all_at_once_and_repeats_exactly():
 
 
 def test_flat_keys_name_metric_and_step():
-    flat = flatten_scores({"mse": np.array([3.0, 1.0])}, {"mse": np.array([0.3, 0.1])})
+    flat = flatten_scores(
+        {"mse": np.array([3.0, 1.0])},
+        {"mse": np.array([0.3, 0.1])},
+        {"mse": np.array([2.0, 0.5])},
+        suffix="_k5",
+    )
     assert flat == pytest.approx(
         {
-            "eval/mse@step0": 3.0,
-            "eval/mse@step1": 1.0,
-            "eval/mse_ci95@step0": 0.3,
-            "eval/mse_ci95@step1": 0.1,
+            "eval/mse_k5@step0": 3.0,
+            "eval/mse_k5@step1": 1.0,
+            "eval/mse_k5_ci95@step0": 0.3,
+            "eval/mse_k5_ci95@step1": 0.1,
+            "eval/mse_k5_median@step0": 2.0,
+            "eval/mse_k5_median@step1": 0.5,
         }
     )

@@ -69,3 +69,20 @@ def test_first_order_gradient_differs_from_second_order_on_an_mlp():
         params, state = maml.init(jax.random.key(0))
         grads[first_order] = ravel_pytree(maml.meta_grad(params, state, tasks)[1])[0]
     assert not np.allclose(grads[False], grads[True], rtol=1e-3)
+
+
+@pytest.mark.parametrize("make_algorithm", [make_maml, make_metasgd, make_anil])
+def test_rematerialised_inner_loop_gives_the_same_meta_gradient(make_algorithm):
+    task = make_sinusoid()
+    model = make_mlp([16, 16], 1)
+    tasks = jax.vmap(lambda k: task.sample(k, 5, 5))(
+        jax.random.split(jax.random.key(0), 3)
+    )
+    results = []
+    for remat in (False, True):
+        algorithm = make_algorithm(model, task, 0.01, 4, remat=remat)
+        params, state = algorithm.init(jax.random.key(1))
+        results.append(jax.jit(algorithm.meta_grad)(params, state, tasks))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), *results
+    )

@@ -16,7 +16,11 @@ SUMMARY_KEYS = {
     "perf/steps_per_s",
     "perf/compile_s",
     "objective",
-    *(f"eval/mse{kind}@step{i}" for kind in ("", "_ci95") for i in range(11)),
+    *(
+        f"eval/mse{kind}@step{i}"
+        for kind in ("", "_ci95", "_median")
+        for i in range(11)
+    ),
 }
 
 
@@ -62,7 +66,8 @@ def test_logger_none_writes_local_files_only(make_config, tmp_path):
 
 def test_same_seed_same_numbers_and_another_seed_differs(make_config, tmp_path):
     def numbers(seed, where):
-        summary = run(make_config([*QUICK, "logger=none", f"seed={seed}"]), where)
+        run(make_config([*QUICK, "logger=none", f"seed={seed}"]), where)
+        summary = json.loads((where / "summary.json").read_text())
         return {k: v for k, v in summary.items() if not k.startswith("perf/")}
 
     first = numbers(0, tmp_path / "a")

@@ -107,6 +107,7 @@ def test_training_lowers_the_meta_loss():
         (0, Schedule(10, 4, 5), [4, 5, 8, 10]),
         (5, Schedule(10, 4, 5), [8, 10]),
         (0, Schedule(3, 100, 1000), [3]),
+        (0, Schedule(10, 100, 0, 4), [4, 8, 10]),
     ],
 )
 def test_windows_end_at_log_and_eval_boundaries(start, schedule, expected):

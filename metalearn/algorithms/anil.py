@@ -26,6 +26,7 @@ def make_anil(
     inner_lr: float,
     inner_steps: int,
     first_order: bool = False,
+    remat: bool = False,
 ) -> Algorithm:
     """Builds ANIL for `model` on `task`."""
     loss_fn = make_model_loss(model, task.loss)
@@ -43,7 +44,7 @@ def make_anil(
         def head_loss(head, state, inputs, targets):
             return loss_fn(_merge(body, head), state, inputs, targets)
 
-        adapt = make_adapt(head_loss, num_steps, first_order)
+        adapt = make_adapt(head_loss, num_steps, first_order, remat)
         head, model_state = adapt(head, inner_lr, model_state, inputs, targets)
         return _merge(body, head), model_state
 

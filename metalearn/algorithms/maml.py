@@ -27,10 +27,11 @@ def make_maml(
     inner_lr: float,
     inner_steps: int,
     first_order: bool = False,
+    remat: bool = False,
 ) -> Algorithm:
     """Builds (first-order) MAML for `model` on `task`."""
     loss_fn = make_model_loss(model, task.loss)
-    adapt = make_adapt(loss_fn, inner_steps, first_order)
+    adapt = make_adapt(loss_fn, inner_steps, first_order, remat)
 
     def task_objective(meta_params, model_state, batch: TaskBatch):
         params, state = adapt(

@@ -26,10 +26,11 @@ def make_metasgd(
     inner_lr: float,
     inner_steps: int,
     first_order: bool = False,
+    remat: bool = False,
 ) -> Algorithm:
     """Builds Meta-SGD; meta-parameters are `{"params": ..., "lrs": ...}`."""
     loss_fn = make_model_loss(model, task.loss)
-    adapt = make_adapt(loss_fn, inner_steps, first_order)
+    adapt = make_adapt(loss_fn, inner_steps, first_order, remat)
     step = make_sgd_step(loss_fn)
     init_weights = make_init(model, task)
 
