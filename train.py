@@ -46,8 +46,11 @@ def main(cfg: DictConfig) -> float:
     try:
         config = cfg
         if cfg.resume is not None:
+            if hydra_config.mode == RunMode.MULTIRUN:
+                raise ConfigError("resume= is not allowed in a multirun (-m)")
             overrides = list(hydra_config.overrides.task)
             config = experiment.config_for_resume(cfg.resume, overrides)
+            output_dir = cfg.resume  # even if hydra.run.dir points elsewhere
             group = name = None  # the resumed W&B run keeps its own
         summary = experiment.run(config, output_dir, group, name)
     except ConfigError as error:
@@ -55,9 +58,10 @@ def main(cfg: DictConfig) -> float:
     except NonFiniteError as error:
         stop(hydra_config, output_dir, error, f"Training stopped: {error}", exit_code=1)
     except Preempted as error:
-        resume_hint = f"resume with: python train.py resume={output_dir}"
-        message = f"Interrupted: {error}; {resume_hint}"
-        stop(hydra_config, output_dir, error, message, exit_code=3)
+        # the whole process stops (in a multirun too: Ctrl-C means stop the sweep)
+        hint = f"resume with: python train.py resume={output_dir}"
+        print(f"Interrupted: {error}; {hint}", file=sys.stderr)
+        sys.exit(3)
     return summary["objective"]
 
 

@@ -82,7 +82,10 @@ def make_evaluate(
             per_task,
         )
         # the median shows whether a bad mean comes from a few diverging tasks
-        medians = jax.tree.map(lambda s: jnp.median(s, axis=0), per_task)
+        # (a NaN is a diverged task: ranked as +inf, not allowed to poison the median)
+        medians = jax.tree.map(
+            lambda s: jnp.median(jnp.where(jnp.isnan(s), jnp.inf, s), axis=0), per_task
+        )
         return means, ci95, medians
 
     return evaluate

@@ -173,14 +173,24 @@ def maths_differences(saved: dict, current: dict) -> list[str]:
 
 
 def load_saved_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The resolved config a run in `run_dir` started with; `ConfigError` if none."""
+    """The resolved config a run in `run_dir` started with; `ConfigError` if the dir
+    holds no run with a checkpoint."""
     path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file() or not (Path(run_dir) / CHECKPOINT_DIR).is_dir():
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        config = None
+    if config is None or not has_checkpoint(Path(run_dir)):
         raise ConfigError(
             f"resume={run_dir} is not allowed: it must be the output dir of a run "
-            f"that saved a checkpoint (holding {CONFIG_FILE} and {CHECKPOINT_DIR}/)"
+            f"that saved a checkpoint ({CONFIG_FILE} and {CHECKPOINT_DIR}/<step>/)"
         )
-    return json.loads(path.read_text())
+    return config
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    directory = run_dir / CHECKPOINT_DIR
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def config_for_resume(run_dir: str, overrides: list[str]) -> dict[str, Any]:
@@ -189,7 +199,7 @@ def config_for_resume(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     config = OmegaConf.create(load_saved_config(run_dir))
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
-        if key in ("resume", "experiment", "variant") or key.startswith("hydra"):
+        if key == "resume" or key.startswith("hydra"):
             continue
         resumable = any(key.startswith(k + ".") or key == k for k in RESUMABLE_KEYS)
         if not resumable or "." not in key:  # a group choice such as logger=none
@@ -205,20 +215,30 @@ def config_for_resume(run_dir: str, overrides: list[str]) -> dict[str, Any]:
 def _restore_or_start(
     config: dict, parts: Parts, output_dir: Path, checkpointer: Checkpointer, key
 ) -> tuple[TrainState, dict[str, Any]]:
-    """A fresh state, or the latest checkpoint when `output_dir` holds this run."""
+    """A fresh state, or the latest checkpoint when `output_dir` holds this run.
+
+    Saves `config` as the run's `config.json` either way (a resume may have changed
+    keys that do not alter the numbers, such as `outer.steps`).
+    """
     state = init_train_state(parts.algorithm, parts.optimizer, key)
     saved_config = output_dir / CONFIG_FILE
-    if saved_config.exists():
-        differences = maths_differences(json.loads(saved_config.read_text()), config)
+    meta: dict[str, Any] = {}
+    if checkpointer.latest_step() is not None:
+        saved = json.loads(saved_config.read_text()) if saved_config.exists() else {}
+        differences = maths_differences(saved, config)
         if differences:
             raise ConfigError(
                 f"{output_dir} holds a run with another config; refusing to resume "
                 "it with changes that alter its numbers:\n  " + "\n  ".join(differences)
             )
-    if checkpointer.latest_step() is None:
-        loggers.write_json_atomically(saved_config, config)
-        return state, {}
-    return checkpointer.restore(state)
+        if checkpointer.latest_step() > config["outer"]["steps"]:
+            raise ConfigError(
+                f"outer.steps={config['outer']['steps']} is not allowed: the run in "
+                f"{output_dir} is already at step {checkpointer.latest_step()}"
+            )
+        state, meta = checkpointer.restore(state)
+    loggers.write_json_atomically(saved_config, config)
+    return state, meta
 
 
 class _StopFlag:
@@ -283,8 +303,9 @@ def run(
     except ConfigError:
         checkpointer.close()
         raise
+    start_step = int(state.step)  # read now: training donates the state's buffers
     logger = make_logger(
-        config, output_dir, group, name, parts.algorithm.name, int(state.step), meta
+        config, output_dir, group, name, parts.algorithm.name, start_step, meta
     )
     summary: dict[str, Any] = {}
     exit_code = 1
@@ -299,6 +320,10 @@ def run(
                 checkpoint=lambda s: checkpointer.save(s, logger.resume_meta()),
                 should_stop=lambda: stop.raised is not None,
             )
+        if start_step:  # resumed: the windows before the checkpoint count too
+            before = loggers.read_history(output_dir / loggers.HISTORY_FILE)
+            summary = {**(before[-1] if before else {}), **summary}
+            summary.pop("step", None)
         summary["objective"] = summary[f"eval/{evaluation['objective']}"]
         exit_code = 0
     except Preempted:

@@ -58,8 +58,8 @@ def make_adapt(
 
     `num_steps` is closed over because it fixes the scan's length. With `remat`,
     each step's activations are recomputed in the backward pass instead of stored
-    (`jax.checkpoint`), so memory of a differentiated loop stops growing with
-    `num_steps` at the price of about one more forward pass per step.
+    (`jax.checkpoint` on the scan body): a differentiated loop then keeps only each
+    step's weights, at the price of about one more forward pass per step.
     """
     step = make_sgd_step(loss_fn, first_order)
 
@@ -69,7 +69,12 @@ def make_adapt(
             params, state, loss = step(params, learning_rate, state, inputs, targets)
             return (params, state), loss
 
-        (params, state), _ = jax.lax.scan(body, (params, state), None, length=num_steps)
+        (params, state), _ = jax.lax.scan(
+            jax.checkpoint(body) if remat else body,
+            (params, state),
+            None,
+            length=num_steps,
+        )
         return params, state
 
     return adapt

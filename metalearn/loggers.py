@@ -34,6 +34,8 @@ class LocalFiles:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomically(self.output_dir / STATUS_FILE, {"state": "running"})
+        # a summary from an earlier (shorter) attempt no longer describes this run
+        (self.output_dir / SUMMARY_FILE).unlink(missing_ok=True)
         history = self.output_dir / HISTORY_FILE
         kept = [row for row in read_history(history) if row["step"] <= start_step]
         history.write_text("".join(json.dumps(row) + "\n" for row in kept))

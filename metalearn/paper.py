@@ -150,10 +150,15 @@ def plot_meta_loss(runs: dict[str, Run], path: Path) -> None:
     plt.close(fig)
 
 
-def _suffix(run: Run, k: int) -> str | None:
+def _suffix(run: Run, k: int) -> str:
+    """The metric-key suffix of K=k in this run's evaluation."""
     if run.config["eval"]["k"] == k:
         return ""
-    return f"_k{k}" if k in run.config["eval"]["extra_k"] else None
+    if k in run.config["eval"]["extra_k"]:
+        return f"_k{k}"
+    raise ValueError(
+        f"{run.path} was not evaluated at K={k} (see eval.k, eval.extra_k)"
+    )
 
 
 def mse_curve(run: Run, k: int, max_step: int) -> tuple[np.ndarray, np.ndarray]:

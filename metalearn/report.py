@@ -35,7 +35,7 @@ from metalearn.loggers import (  # noqa: E402
 )
 
 REPORT_STEPS = (0, 1, 5, 10)
-# two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond the table
+# two-sided 95% Student t quantiles by degrees of freedom (30 and up: 2.042)
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
         8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
 
@@ -61,13 +61,11 @@ def read_job(path: Path) -> Job:
     overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
     summary_path, status_path = path / SUMMARY_FILE, path / STATUS_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if summary:
-        status = "finished"
-    elif status_path.exists():
+    if status_path.exists():  # status.json is written last: it wins over a summary
         status = json.loads(status_path.read_text())["state"]
         status = "unfinished" if status == "running" else status
     else:
-        status = "unfinished"
+        status = "finished" if summary else "unfinished"
     return Job(path, overrides, status, summary, read_history(path / HISTORY_FILE))
 
 
@@ -89,7 +87,7 @@ def group_jobs(jobs: Sequence[Job], over: Sequence[str] = ("seed",)) -> list[Gro
     """
     labels = []
     for job in jobs:
-        pairs = [o.lstrip("+~").split("=", 1) for o in job.overrides]
+        pairs = [o.lstrip("+~").partition("=")[::2] for o in job.overrides]
         labels.append({k: v for k, v in pairs if k not in over and k[:5] != "hydra"})
     varying = [
         key
@@ -109,7 +107,7 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, float("nan")
     dof = len(values) - 1
-    t = T_95.get(dof) or min((v for k, v in T_95.items() if k >= dof), default=1.96)
+    t = T_95[max(k for k in T_95 if k <= dof)]  # nearest tabulated dof below: wider
     return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
@@ -289,14 +287,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--over",
         nargs="*",
-        default=["seed"],
-        help="override keys averaged over rather than grouped by (default: seed)",
+        default=[],
+        help="override keys averaged over rather than grouped by, besides seed",
     )
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"sweep_dir {args.sweep_dir} is not a directory")
     try:
-        groups = write_report(args.sweep_dir, args.over)
+        groups = write_report(args.sweep_dir, ["seed", *args.over])
     except FileNotFoundError as error:
         parser.error(str(error))
     jobs = sum(len(g.jobs) for g in groups)

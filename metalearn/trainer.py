@@ -173,6 +173,8 @@ def fit(
     evaluation, `perf/steps_per_s` over the whole run and `perf/compile_s`.
     """
     start = int(state.step)
+    if start >= schedule.num_steps:  # e.g. a finished run requeued: score it again
+        return state, dict(evaluate(state))
     compile_start = time.perf_counter()
     compiled = train_window.lower(state, jnp.int32(1)).compile()
     summary: dict[str, Any] = {"perf/compile_s": time.perf_counter() - compile_start}

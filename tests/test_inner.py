@@ -86,3 +86,17 @@ def test_rematerialised_inner_loop_gives_the_same_meta_gradient(make_algorithm):
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), *results
     )
+
+
+def test_remat_lowers_the_compiled_meta_gradients_scratch_memory():
+    task = make_sinusoid()
+    tasks = jax.vmap(lambda k: task.sample(k, 10, 10))(
+        jax.random.split(jax.random.key(1), 25)
+    )
+    temp = {}
+    for remat in (False, True):
+        maml = make_maml(make_mlp([40, 40], 1), task, 0.01, 20, remat=remat)
+        params, state = maml.init(jax.random.key(0))
+        compiled = jax.jit(maml.meta_grad).lower(params, state, tasks).compile()
+        temp[remat] = compiled.memory_analysis().temp_size_in_bytes
+    assert temp[True] < 0.75 * temp[False]

@@ -79,6 +79,7 @@ def test_adaptation_curves_match_the_algorithms_own_steps(paper_run):
     assert not np.allclose(curves[0], curves[2])
 
 
+@pytest.mark.slow
 def test_paper_script_runs_the_maml_study_and_writes_figures_and_table(tmp_path):
     result = subprocess.run(
         [sys.executable, "sweeps/paper.py", "maml", "--out", str(tmp_path / "fig")]

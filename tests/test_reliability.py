@@ -109,6 +109,12 @@ def test_resume_refuses_changes_to_the_maths_and_dirs_without_a_checkpoint(tmp_p
         changed.returncode == 2
         and "inner.lr=0.5 is not allowed with resume=" in changed.stderr
     )
+    (tmp_path / "died" / CHECKPOINT_DIR).mkdir(parents=True)  # died before a save
+    (tmp_path / "died" / "config.json").write_text("{}")
+    died = train_py(f"resume={tmp_path / 'died'}", check=False)
+    assert died.returncode == 2 and "must be the output dir of a run" in died.stderr
+    preset = train_py(f"resume={run_dir}", "variant=sgd", check=False)
+    assert preset.returncode == 2 and "variant=sgd is not allowed" in preset.stderr
     empty = train_py(f"resume={tmp_path / 'nothing'}", check=False)
     assert empty.returncode == 2 and "must be the output dir of a run" in empty.stderr
     for result in (changed, empty):
@@ -210,3 +216,24 @@ def test_a_multirun_goes_on_past_failed_jobs_and_the_report_marks_them(tmp_path)
     groups = report.write_report(sweep)
     assert [len(g.finished) for g in groups] == [0, 0, 1]
     assert "0:failed" in (sweep / "report.md").read_text()
+
+
+def test_resuming_a_finished_run_rescores_it_and_refuses_to_go_backwards(tmp_path):
+    run_dir = tmp_path / "run"
+    train_py(*QUICK, "logger=none", f"hydra.run.dir={run_dir}")
+    before = without_timing(run_dir / "summary.json")
+    train_py(f"resume={run_dir}")  # already at its last step: nothing to train
+    assert without_timing(run_dir / "summary.json") == before
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    shorter = train_py(f"resume={run_dir}", "outer.steps=20", check=False)
+    assert shorter.returncode == 2 and "already at step 40" in shorter.stderr
+
+
+@pytest.mark.slow
+def test_extending_a_run_on_resume_is_remembered_for_the_next_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    train_py(*QUICK, "logger=none", f"hydra.run.dir={run_dir}")
+    train_py(f"resume={run_dir}", "outer.steps=60")
+    assert json.loads((run_dir / "config.json").read_text())["outer"]["steps"] == 60
+    train_py(f"resume={run_dir}")  # a later resume keeps the extension
+    assert int(final_state(run_dir).step) == 60

@@ -69,6 +69,32 @@ def test_report_averages_over_seeds_and_marks_failed_and_unfinished_jobs(tmp_pat
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_trusts_status_over_a_stale_summary_and_adds_over_keys(tmp_path):
+    for seed in (0, 1):
+        for batch in (1, 4):
+            number = 2 * seed + (batch == 4)
+            overrides = ["algo=maml", f"outer.batch={batch}", f"seed={seed}"]
+            fake_job(tmp_path, number, overrides, scores(0.1 * (number + 1)))
+    (tmp_path / "3" / "status.json").write_text(json.dumps({"state": "running"}))
+    fake_job(
+        tmp_path, 4, ["algo=sgd", "outer.batch=1", "seed=0", "~eval.every"], scores(1.0)
+    )
+
+    groups = report.group_jobs(report.find_jobs(tmp_path), over=["seed", "outer.batch"])
+    assert [g.label for g in groups] == [
+        {"algo": "maml"},
+        {"algo": "sgd", "eval.every": ""},  # ~eval.every: a delete override
+    ]
+    assert [j.status for j in groups[0].jobs] == ["finished"] * 3 + ["unfinished"]
+
+
+def test_ci_uses_a_t_quantile_no_smaller_than_the_true_one():
+    values = [float(i) for i in range(12)]  # 11 degrees of freedom: t = 2.201
+    _, ci = report.mean_ci(values)
+    std = __import__("statistics").stdev(values)
+    assert ci >= 2.201 * std / math.sqrt(12)
+
+
 def test_report_refuses_a_dir_without_jobs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report.main([str(tmp_path)])
