@@ -167,3 +167,34 @@ class Fanout:
                 errors.append(error)
         if errors:
             raise errors[0]
+
+
+def attach_images(
+    output_dir: str | os.PathLike,
+    run_id: str,
+    images: Mapping[str, str | os.PathLike],
+    project: str,
+    mode: str,
+    entity: str | None = None,
+    step: int | None = None,
+) -> None:
+    """Adds PNG files to a finished W&B run (resumed by id) as `wandb.Image`s, at
+    `step` (its last step: W&B drops rows logged below a run's current step)."""
+    import wandb
+
+    run = wandb.init(
+        id=run_id,
+        resume="allow",
+        project=project,
+        entity=entity,
+        mode=mode,
+        dir=str(output_dir),
+        reinit="finish_previous",
+        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+    )
+    try:
+        run.log(
+            {key: wandb.Image(str(path)) for key, path in images.items()}, step=step
+        )
+    finally:
+        run.finish()

@@ -16,6 +16,7 @@ import matplotlib
 import numpy as np
 from omegaconf import OmegaConf
 
+from metalearn import loggers
 from metalearn.checkpoints import Checkpointer
 from metalearn.experiment import CHECKPOINT_DIR, Parts, build
 from metalearn.loggers import HISTORY_FILE, SUMMARY_FILE
@@ -58,6 +59,26 @@ def load_trained(run: Run) -> tuple[Parts, Any, Any]:
     template = init_train_state(parts.algorithm, parts.optimizer, jax.random.key(0))
     state, _ = Checkpointer(run.path / CHECKPOINT_DIR).restore(template)
     return parts, state.meta_params, state.model_state
+
+
+def attach_figures(run: Run, figures: dict[str, Path]) -> bool:
+    """Logs `figures` (name -> PNG) to the run's W&B run, if it had one."""
+    options = run.config["logger"]
+    run_dirs = sorted((run.path / "wandb").glob("*run-*-*"))
+    if options["name"] != "wandb" or options["mode"] == "disabled" or not run_dirs:
+        return False
+    run_id = run_dirs[0].name.rsplit("-", 1)[1]
+    images = {f"figures/{name}": path for name, path in figures.items()}
+    loggers.attach_images(
+        run.path,
+        run_id,
+        images,
+        options["project"],
+        options["mode"],
+        options["entity"],
+        step=run.history[-1]["step"] if run.history else None,
+    )
+    return True
 
 
 def adaptation_curves(

@@ -48,15 +48,26 @@ def tutorial_figures(sweep_dir: Path, out: Path) -> None:
         "MAML (batch 1)": runs["maml_b1"],
         "batched MAML (batch 4)": runs["maml_b4"],
     }
-    paper.plot_meta_loss(labelled, out / "tutorial_meta_loss.png")
+    figures = {
+        "meta_loss": out / "tutorial_meta_loss.png",
+        "fit": out / "tutorial_fit.png",
+    }
+    paper.plot_meta_loss(labelled, figures["meta_loss"])
     paper.plot_fits(
         {"batched MAML": runs["maml_b4"]},
         shots=[20],
         steps=[0, 1, 2, 3, 4],
-        path=out / "tutorial_fit.png",
+        path=figures["fit"],
         amplitude=0.4,
     )
+    attach_everywhere(runs, figures)
     print(paper.results_table(labelled, k=20))
+
+
+def attach_everywhere(runs: dict[str, paper.Run], figures: dict[str, Path]) -> None:
+    """Logs the study's figures to each of its W&B runs (when W&B was on)."""
+    for run in runs.values():
+        paper.attach_figures(run, figures)
 
 
 def maml_figures(sweep_dir: Path, out: Path) -> None:
@@ -66,14 +77,19 @@ def maml_figures(sweep_dir: Path, out: Path) -> None:
         "pretrained": runs["pretrained"],
         "SGD retraining": runs["sgd"],
     }
+    figures = {
+        "fig2_fits": out / "maml_fig2_fits.png",
+        "fig3_mse_vs_steps": out / "maml_fig3_mse_vs_steps.png",
+    }
     paper.plot_fits(
         {"MAML": runs["maml_b25"], "pretrained": runs["pretrained"]},
         shots=[5, 10],
         steps=[0, 1, 10],
-        path=out / "maml_fig2_fits.png",
+        path=figures["fig2_fits"],
         amplitude=4.0,
     )
-    paper.plot_mse_vs_steps(labelled, [5, 10, 20], out / "maml_fig3_mse_vs_steps.png")
+    paper.plot_mse_vs_steps(labelled, [5, 10, 20], figures["fig3_mse_vs_steps"])
+    attach_everywhere(runs, figures)
     tables = [paper.results_table(labelled, k=k) for k in (5, 10, 20)]
     text = "\n\n".join(tables) + "\n"
     (out / "maml_paper_table.md").write_text(text)

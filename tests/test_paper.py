@@ -97,3 +97,24 @@ def test_paper_script_runs_the_maml_study_and_writes_figures_and_table(tmp_path)
     ):
         assert (tmp_path / "fig" / name).exists()
     assert "(paper 2.41)" in result.stdout and "SGD retraining" in result.stdout
+
+
+def test_figures_are_logged_to_the_runs_wandb_run(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from wandb_offline import find_runs, read_run
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*QUICK])
+    run(cfg, tmp_path)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    loaded = paper.load_run(tmp_path)
+    paper.plot_meta_loss({"MAML": loaded}, tmp_path / "loss.png")
+
+    assert paper.attach_figures(loaded, {"loss": tmp_path / "loss.png"})
+    runs = [read_run(path) for path in find_runs(tmp_path)]
+    assert len({r.run_id for r in runs}) == 1 and len(runs) == 2
+    logged = [row for r in runs for row in r.history if "figures/loss/_type" in row]
+    assert [row["figures/loss/_type"] for row in logged] == ["image-file"]
+    assert logged[0]["_step"] == 40  # at the run's last step, so W&B keeps it
