@@ -37,7 +37,7 @@ class OuterConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 2000  # meta-steps between evaluations (0: only at the end)
+    every: int = 5000  # meta-steps between evaluations (0: only at the end)
     num_tasks: int = 1000  # held-out tasks
     k: int = II("inner.k")  # support points per held-out task
     extra_k: list[int] = field(default_factory=list)  # also scored at these K
@@ -53,6 +53,8 @@ class EvalConfig:
 class TrainConfig:
     log_every: int = 100  # meta-steps per metrics window (one host read each)
     devices: int = 0  # devices the task batch is split over (0: all visible)
+    # JAX's persistent compilation cache (null: off); reused by later runs
+    compile_cache: str | None = "${oc.env:METALEARN_COMPILE_CACHE,.cache/jax}"
 
 
 @dataclass

@@ -285,6 +285,7 @@ def run(
     """
     config = resolve(cfg) if isinstance(cfg, DictConfig) else cfg
     validate(config)
+    use_compile_cache(config["train"]["compile_cache"])
     parts = build(config)
     evaluation = config["eval"]
     check_objective(
@@ -352,6 +353,15 @@ def task_mesh(config: dict) -> jax.sharding.Mesh | None:
             f"devices: it must be a multiple of {wanted} (or set train.devices)"
         )
     return make_task_mesh(wanted)
+
+
+def use_compile_cache(directory: str | None) -> None:
+    """Turns JAX's persistent compilation cache on (every program, however quick to
+    compile) in `directory`, or off for None."""
+    jax.config.update("jax_compilation_cache_dir", directory)
+    if directory:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def _make_window(config: dict, parts: Parts, mesh: jax.sharding.Mesh | None):
