@@ -6,6 +6,7 @@ a 7-byte header: crc32, length, type); each record is a protobuf `Record`.
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,8 +57,26 @@ def _items(items) -> dict[str, Any]:
     return out
 
 
-def read_run(path: str | Path) -> OfflineRun:
-    """Parses one `run-*.wandb` file."""
+def read_run(path: str | Path, timeout: float = 20.0) -> OfflineRun:
+    """Parses one `run-*.wandb` file, once W&B has finished writing it.
+
+    `run.finish()` can return while W&B's service is still flushing the file, so a
+    file whose tail is torn (bad checksum) or that has no exit record yet is read
+    again, until `timeout` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            run = _parse(path)
+            if run.exit_code is not None or time.monotonic() > deadline:
+                return run
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def _parse(path: str | Path) -> OfflineRun:
     run_info, config, history, summary, exit_code = None, {}, [], {}, None
     for record in _records(Path(path).read_bytes()):
         kind = record.WhichOneof("record_type")
