@@ -4,7 +4,6 @@ See README.md for the config keys. This file only connects Hydra to
 `metalearn.experiment.run`.
 """
 
-import json
 import logging
 import os
 import sys
@@ -16,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from metalearn.config import ConfigError, register_configs
+from metalearn.loggers import STATUS_FILE, write_json_atomically
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
@@ -73,9 +73,9 @@ def stop(hydra_config, output_dir: str, error: Exception, message: str, exit_cod
     """
     print(message, file=sys.stderr)
     if hydra_config.mode == RunMode.MULTIRUN:
-        status = Path(output_dir) / "status.json"
+        status = Path(output_dir) / STATUS_FILE
         if not status.exists() or "running" in status.read_text():
-            status.write_text(json.dumps({"state": "failed", "error": message}))
+            write_json_atomically(status, {"state": "failed", "error": message})
         raise error
     sys.exit(exit_code)
 

@@ -73,7 +73,8 @@ def attach_everywhere(runs: dict[str, paper.Run], figures: dict[str, Path]) -> N
 def maml_figures(sweep_dir: Path, out: Path) -> None:
     runs = runs_by_variant(sweep_dir)
     labelled = {
-        "MAML": runs["maml_b25"],
+        "MAML (α=0.01)": runs["maml_b25"],
+        "MAML (α=0.001)": runs["maml_b25_lr1e-3"],
         "pretrained": runs["pretrained"],
         "SGD retraining": runs["sgd"],
     }
@@ -82,7 +83,11 @@ def maml_figures(sweep_dir: Path, out: Path) -> None:
         "fig3_mse_vs_steps": out / "maml_fig3_mse_vs_steps.png",
     }
     paper.plot_fits(
-        {"MAML": runs["maml_b25"], "pretrained": runs["pretrained"]},
+        {
+            "MAML (α=0.01)": runs["maml_b25"],
+            "MAML (α=0.001)": runs["maml_b25_lr1e-3"],
+            "pretrained": runs["pretrained"],
+        },
         shots=[5, 10],
         steps=[0, 1, 10],
         path=figures["fig2_fits"],
