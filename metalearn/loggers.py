@@ -91,22 +91,17 @@ class WandbRun:
         run_id: str | None = None,
     ):
         """`run_id` continues that run (a resumed training run)."""
-        import wandb  # deferred: costs ~0.5 s and is not needed with logger=none
-
-        self._run = wandb.init(
-            id=run_id,
-            resume="allow" if run_id else None,
-            project=project,
-            entity=entity,
-            mode=mode,
-            dir=str(output_dir),
+        self._run = _init_wandb(
+            output_dir,
+            project,
+            mode,
+            entity,
+            run_id,
             config=dict(config),
             group=group,
             name=name,
             job_type=job_type,
             tags=list(tags),
-            reinit="finish_previous",
-            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
         )
 
     @property
@@ -120,6 +115,24 @@ class WandbRun:
         if exit_code == 0:
             self._run.summary.update(dict(summary))
         self._run.finish(exit_code=exit_code)
+
+
+def _init_wandb(output_dir, project, mode, entity, run_id, **run_options):
+    """`wandb.init` as every run here needs it: files under `output_dir`, no console
+    capture or system stats, continuing run `run_id` when one is given."""
+    import wandb  # deferred: costs ~0.5 s and is not needed with logger=none
+
+    return wandb.init(
+        id=run_id,
+        resume="allow" if run_id else None,
+        project=project,
+        entity=entity,
+        mode=mode,
+        dir=str(output_dir),
+        reinit="finish_previous",
+        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        **run_options,
+    )
 
 
 class ProgressBar:
@@ -182,16 +195,7 @@ def attach_images(
     `step` (its last step: W&B drops rows logged below a run's current step)."""
     import wandb
 
-    run = wandb.init(
-        id=run_id,
-        resume="allow",
-        project=project,
-        entity=entity,
-        mode=mode,
-        dir=str(output_dir),
-        reinit="finish_previous",
-        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
-    )
+    run = _init_wandb(output_dir, project, mode, entity, run_id)
     try:
         run.log(
             {key: wandb.Image(str(path)) for key, path in images.items()}, step=step
