@@ -223,7 +223,8 @@ def _restore_or_start(
     state = init_train_state(parts.algorithm, parts.optimizer, key)
     saved_config = output_dir / CONFIG_FILE
     meta: dict[str, Any] = {}
-    if checkpointer.latest_step() is not None:
+    latest = checkpointer.latest_step()  # lists the checkpoint dir: read it once
+    if latest is not None:
         saved = json.loads(saved_config.read_text()) if saved_config.exists() else {}
         differences = maths_differences(saved, config)
         if differences:
@@ -231,10 +232,10 @@ def _restore_or_start(
                 f"{output_dir} holds a run with another config; refusing to resume "
                 "it with changes that alter its numbers:\n  " + "\n  ".join(differences)
             )
-        if checkpointer.latest_step() > config["outer"]["steps"]:
+        if latest > config["outer"]["steps"]:
             raise ConfigError(
                 f"outer.steps={config['outer']['steps']} is not allowed: the run in "
-                f"{output_dir} is already at step {checkpointer.latest_step()}"
+                f"{output_dir} is already at step {latest}"
             )
         state, meta = checkpointer.restore(state)
     loggers.write_json_atomically(saved_config, config)
