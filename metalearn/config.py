@@ -53,6 +53,9 @@ class EvalConfig:
 class TrainConfig:
     log_every: int = 100  # meta-steps per metrics window (one host read each)
     devices: int = 0  # devices the task batch is split over (0: all visible)
+    # meta-steps whose tasks are sampled in one vectorised call (memory: that many
+    # steps' task batches); the numbers do not depend on it, only the speed
+    sample_ahead: int = 100
     # JAX's persistent compilation cache (null: off); reused by later runs
     compile_cache: str | None = "${oc.env:METALEARN_COMPILE_CACHE,.cache/jax}"
 
@@ -243,6 +246,7 @@ def validate(config: dict) -> None:
                 "eval.steps": 0,
                 "train.log_every": 1,
                 "train.devices": 0,
+                "train.sample_ahead": 1,
                 "checkpoint.every": 0,
                 "checkpoint.keep": 1,
             },

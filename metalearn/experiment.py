@@ -31,6 +31,7 @@ from metalearn.trainer import (
     Schedule,
     TrainState,
     fit,
+    flat_optimizer,
     init_train_state,
     make_task_mesh,
     make_train_step,
@@ -69,7 +70,9 @@ def build(config: dict) -> Parts:
         inner_steps=config["inner"]["steps"],
         **algo_options,
     )
-    optimizer = instantiate(config["optimizer"], learning_rate=config["outer"]["lr"])
+    optimizer = flat_optimizer(
+        instantiate(config["optimizer"], learning_rate=config["outer"]["lr"])
+    )
     return Parts(task, model, algorithm, optimizer)
 
 
@@ -144,6 +147,7 @@ def make_evaluation(
 RESUMABLE_KEYS = (
     "logger",
     "train.log_every",
+    "train.sample_ahead",
     "checkpoint",
     "eval.every",
     "eval.tasks_per_batch",
@@ -375,7 +379,8 @@ def _make_window(config: dict, parts: Parts, mesh: jax.sharding.Mesh | None):
             num_support=config["inner"]["k"],
             num_query=config["outer"]["num_query"],
             mesh=mesh,
-        )
+        ),
+        sample_ahead=config["train"]["sample_ahead"],
     )
 
 

@@ -56,11 +56,11 @@ def test_windows_of_any_length_give_identical_results_and_compile_once():
     maml, optimizer, step = make_parts()
     traces = []
 
-    def counted_step(state):
+    def counted_update(state, tasks):
         traces.append(1)
-        return step(state)
+        return step.update(state, tasks)
 
-    window = make_train_window(counted_step)
+    window = make_train_window(step._replace(update=counted_update), sample_ahead=4)
     start = init_train_state(maml, optimizer, jax.random.key(0))
     copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731 (windows donate input)
 
@@ -77,7 +77,7 @@ def test_window_matches_a_python_loop_of_steps():
     maml, optimizer, step = make_parts()
     start = init_train_state(maml, optimizer, jax.random.key(0))
     looped, losses = start, []
-    jitted_step = jax.jit(step)
+    jitted_step = jax.jit(lambda state: step(state))
     for _ in range(6):
         looped, loss = jitted_step(looped)
         losses.append(loss)
@@ -112,3 +112,14 @@ def test_training_lowers_the_meta_loss():
 )
 def test_windows_end_at_log_and_eval_boundaries(start, schedule, expected):
     assert window_ends(start, schedule) == expected
+
+
+def test_sampling_tasks_ahead_changes_no_number():
+    maml, optimizer, step = make_parts()
+    start = init_train_state(maml, optimizer, jax.random.key(0))
+    copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731 (windows donate input)
+    one_at_a_time, _ = make_train_window(step, sample_ahead=1)(copy(start), 10)
+    ahead, _ = make_train_window(step, sample_ahead=4)(copy(start), 10)
+    jax.tree.map(
+        np.testing.assert_array_equal, one_at_a_time.meta_params, ahead.meta_params
+    )
