@@ -25,6 +25,10 @@ def _from_disk(saved: dict[str, Any], key_impl) -> TrainState:
     return state._replace(key=jax.random.wrap_key_data(state.key, impl=key_impl))
 
 
+class IncompatibleCheckpoint(RuntimeError):
+    """A checkpoint whose state does not fit the training state being restored."""
+
+
 class Checkpointer:
     """Saves and restores `TrainState`s under `directory/<step>/`."""
 
@@ -58,13 +62,21 @@ class Checkpointer:
         step = self._manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_to_disk(template)),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_to_disk(template)),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        except ValueError as error:  # orbax: the saved tree has another structure
+            raise IncompatibleCheckpoint(
+                f"the checkpoint {self.directory / str(step)} holds a training state "
+                "laid out differently from the one this version of metalearn builds "
+                "(for example, one saved before metalearn kept the optimiser state as "
+                "one vector); it cannot be resumed: start a new run"
+            ) from error
         key_impl = jax.random.key_impl(template.key)
         return _from_disk(dict(restored.state), key_impl), dict(restored.meta)
 

@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from metalearn import loggers
 from metalearn.algorithms import ALGORITHMS, Algorithm
-from metalearn.checkpoints import Checkpointer
-from metalearn.config import ConfigError, check_objective, validate
+from metalearn.checkpoints import Checkpointer, IncompatibleCheckpoint
+from metalearn.config import Config, ConfigError, check_objective, validate
 from metalearn.evaluation import flatten_scores, make_evaluate
 from metalearn.models import Model, make_mlp
 from metalearn.tasks import TaskFamily
@@ -199,8 +199,13 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 def config_for_resume(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     """The config to continue the run in `run_dir`: the one it started with, plus
-    command-line `overrides` that cannot change its numbers (`RESUMABLE_KEYS`)."""
-    config = OmegaConf.create(load_saved_config(run_dir))
+    command-line `overrides` that cannot change its numbers (`RESUMABLE_KEYS`).
+    Keys added to metalearn since the run started take their defaults."""
+    saved = load_saved_config(run_dir)
+    defaults = OmegaConf.to_container(OmegaConf.structured(Config))
+    for section in ("inner", "outer", "eval", "train", "checkpoint"):
+        saved[section] = {**defaults[section], **saved.get(section, {})}
+    config = OmegaConf.create(saved)
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
         if key == "resume" or key.startswith("hydra"):
@@ -241,7 +246,10 @@ def _restore_or_start(
                 f"outer.steps={config['outer']['steps']} is not allowed: the run in "
                 f"{output_dir} is already at step {latest}"
             )
-        state, meta = checkpointer.restore(state)
+        try:
+            state, meta = checkpointer.restore(state)
+        except IncompatibleCheckpoint as error:
+            raise ConfigError(str(error)) from error
     loggers.write_json_atomically(saved_config, config)
     return state, meta
 

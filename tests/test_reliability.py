@@ -9,6 +9,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import QUICK, REPO
 from test_checkpoints import ALGORITHM, OPTIMIZER, leaves
@@ -237,3 +238,27 @@ def test_extending_a_run_on_resume_is_remembered_for_the_next_resume(tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["outer"]["steps"] == 60
     train_py(f"resume={run_dir}")  # a later resume keeps the extension
     assert int(final_state(run_dir).step) == 60
+
+
+def test_resuming_a_run_saved_by_an_older_version(tmp_path):
+    run_dir = tmp_path / "run"
+    train_py(*QUICK, "logger=none", f"hydra.run.dir={run_dir}")
+    # a key added to metalearn after the run started takes its default
+    saved = json.loads((run_dir / "config.json").read_text())
+    del saved["train"]["sample_ahead"]
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    train_py(f"resume={run_dir}", "outer.steps=60")
+    assert int(final_state(run_dir).step) == 60
+
+    # a checkpoint whose state is laid out otherwise: a clear refusal, no traceback
+    parts = build(json.loads((run_dir / "config.json").read_text()))
+    per_array_adam = optax.adam(1e-3)  # one optimiser array per parameter array
+    older = init_train_state(parts.algorithm, per_array_adam, jax.random.key(0))
+    checkpointer = Checkpointer(run_dir / "older")
+    checkpointer.save(older._replace(step=jnp.int32(60)), {})
+    checkpointer.close()
+    (run_dir / CHECKPOINT_DIR / "60").rename(tmp_path / "newer")
+    (run_dir / "older" / "60").rename(run_dir / CHECKPOINT_DIR / "60")
+    refused = train_py(f"resume={run_dir}", "outer.steps=80", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "laid out differently" in refused.stderr
