@@ -229,7 +229,10 @@ def _restore_or_start(
     Saves `config` as the run's `config.json` either way (a resume may have changed
     keys that do not alter the numbers, such as `outer.steps`).
     """
-    state = init_train_state(parts.algorithm, parts.optimizer, key)
+    # one compiled program (cached on disk) instead of many small eager ones
+    state = jax.jit(init_train_state, static_argnums=(0, 1))(
+        parts.algorithm, parts.optimizer, key
+    )
     saved_config = output_dir / CONFIG_FILE
     meta: dict[str, Any] = {}
     latest = checkpointer.latest_step()  # lists the checkpoint dir: read it once
