@@ -7,7 +7,10 @@ and `finish(summary, exit_code)` once at the end (also after a failure, from a
 
 import json
 import os
+import secrets
+import string
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,7 +78,13 @@ def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 class WandbRun:
-    """A W&B run (offline unless `mode` says otherwise) written under `output_dir`."""
+    """A W&B run (offline unless `mode` says otherwise) written under `output_dir`.
+
+    `wandb.init` takes a second or more; it runs in a background thread while
+    training compiles and starts. Metrics logged before it is ready are kept and
+    sent, in order, as soon as it is; `finish` waits for it. An error from
+    `wandb.init` is raised by the first `log` or `finish` after it.
+    """
 
     def __init__(
         self,
@@ -91,47 +100,66 @@ class WandbRun:
         run_id: str | None = None,
     ):
         """`run_id` continues that run (a resumed training run)."""
-        self._run = _init_wandb(
+        self.run_id = run_id or new_run_id()
+        self._waiting: list[tuple[dict[str, Any], int]] = []
+        starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-init")
+        self._starting = starter.submit(
+            _init_wandb,
             output_dir,
             project,
             mode,
             entity,
-            run_id,
+            self.run_id,
+            resume="allow" if run_id else None,
             config=dict(config),
             group=group,
             name=name,
             job_type=job_type,
             tags=list(tags),
         )
-
-    @property
-    def run_id(self) -> str:
-        return self._run.id
+        starter.shutdown(wait=False)
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        self._run.log(dict(metrics), step=step)
+        self._waiting.append((dict(metrics), step))
+        if self._starting.done():
+            self._send_waiting()
 
     def finish(self, summary: Mapping[str, Any], exit_code: int) -> None:
+        run = self._send_waiting()  # waits for wandb.init
         if exit_code == 0:
-            self._run.summary.update(dict(summary))
-        self._run.finish(exit_code=exit_code)
+            run.summary.update(dict(summary))
+        run.finish(exit_code=exit_code)
+
+    def _send_waiting(self):
+        run = self._starting.result()
+        for metrics, step in self._waiting:
+            run.log(metrics, step=step)
+        self._waiting.clear()
+        return run
 
 
-def _init_wandb(output_dir, project, mode, entity, run_id, **run_options):
+def new_run_id() -> str:
+    """A fresh W&B run id (8 characters of [a-z0-9], as W&B makes them)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _init_wandb(output_dir, project, mode, entity, run_id, resume="allow", **options):
     """`wandb.init` as every run here needs it: files under `output_dir`, no console
-    capture or system stats, continuing run `run_id` when one is given."""
+    capture or system stats, run id `run_id` (continued if it exists, with the
+    default `resume`)."""
     import wandb  # deferred: costs ~0.5 s and is not needed with logger=none
 
     return wandb.init(
         id=run_id,
-        resume="allow" if run_id else None,
+        resume=resume,
         project=project,
         entity=entity,
         mode=mode,
         dir=str(output_dir),
         reinit="finish_previous",
         settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
-        **run_options,
+        **options,
     )
 
 
