@@ -17,6 +17,7 @@ from metalearn.algorithms import make_maml  # noqa: E402
 from metalearn.models import make_mlp  # noqa: E402
 from metalearn.tasks.sinusoid import make_sinusoid  # noqa: E402
 from metalearn.trainer import (  # noqa: E402
+    flat_optimizer,
     init_train_state,
     make_train_step,
     make_train_window,
@@ -31,7 +32,8 @@ def main():
     parser.add_argument("--inner-lr", type=float, default=0.1)
     parser.add_argument("--amp-max", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=20000)
-    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--window", type=int, default=100)  # train.log_every
+    parser.add_argument("--sample-ahead", type=int, default=100)
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--remat", action="store_true")
     args = parser.parse_args()
@@ -45,9 +47,9 @@ def main():
         first_order=args.first_order,
         remat=args.remat,
     )
-    optimizer = optax.adam(1e-3)
+    optimizer = flat_optimizer(optax.adam(1e-3))  # as train.py builds it
     step = make_train_step(maml, task, optimizer, args.tasks, args.k, args.k)
-    window = make_train_window(step)
+    window = make_train_window(step, args.sample_ahead)
     state = init_train_state(maml, optimizer, jax.random.key(0))
     compile_start = time.perf_counter()
     compiled = window.lower(state, jnp.int32(1)).compile()

@@ -7,12 +7,16 @@ Each row runs in its own process (clean compile times and peak memory):
 steps/s excludes compilation, which is reported on its own; wall is the whole
 process; peak RSS is the process's maximum resident memory; XLA temp is the
 compiled training program's scratch memory (what grows with inner steps).
+The head-to-head rows and the whole-process timings run `--repeats` times,
+interleaved (ours, reference, ours, ...), and report the median: a shared
+machine's speed drifts by tens of percent between runs.
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -49,11 +53,37 @@ def ours(tasks, k, lr, amp, steps, *flags, inner_steps=1) -> dict:
     return measure(command)
 
 
-def reference(tasks, k, lr, amp, steps) -> dict:
+def reference(tasks, k, lr, amp, steps, sampling="tutorial") -> dict:
     command = [sys.executable, str(HERE / "reference_loop.py"), "--tasks", str(tasks)]
     command += ["--k", str(k), "--inner-lr", str(lr), "--amp-max", str(amp)]
-    command += ["--steps", str(steps)]
+    command += ["--steps", str(steps), "--sampling", sampling]
     return measure(command)
+
+
+def jax_device() -> str:
+    """What JAX runs on here, e.g. 'cpu' or 'NVIDIA H100 80GB HBM3'."""
+    probe = "import jax; d = jax.devices()[0]; print(d.platform, '|', d.device_kind)"
+    output = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    platform_name, kind = (part.strip() for part in output.split("|"))
+    return platform_name if platform_name == "cpu" else kind
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Each number's median over repeated runs (peak RSS: the largest)."""
+    merged = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+    return merged
+
+
+def interleaved(repeats: int, **commands) -> dict[str, dict]:
+    """Runs each named zero-argument command `repeats` times, in turn; medians."""
+    runs = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, command in commands.items():
+            runs[name].append(command())
+    return {name: median_of(results) for name, results in runs.items()}
 
 
 def row(name: str, r: dict) -> str:
@@ -73,12 +103,21 @@ HEADER = [
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--skip-whole-process",
+        action="store_true",
+        help="leave out the train.py timings (for a machine without Hydra and W&B)",
+    )
     args = parser.parse_args()
     ours_steps, ref_steps = (2000, 300) if args.quick else (20000, 3000)
+    repeats = 1 if args.quick else args.repeats
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs; `python benchmarks/throughput.py`",
+        f"{os.cpu_count()} CPUs, JAX device: {jax_device()}; "
+        "`python benchmarks/throughput.py` "
+        f"(medians of {repeats} interleaved runs)",
         "",
         "### Ours vs the tutorial-style loop (second-order MAML, 1 inner step)",
         "",
@@ -86,12 +125,32 @@ def main():
     ]
     ratios = []
     for name, workload in WORKLOADS.items():
-        mine = ours(*workload, ours_steps)
-        theirs = reference(*workload, ref_steps)
-        lines += [row(f"metalearn, {name}", mine), row(f"reference, {name}", theirs)]
-        ratios.append((name, mine["steps_per_s"] / theirs["steps_per_s"]))
-    lines += ["", "| workload | steps/s ours / reference |", "|---|---|"]
-    lines += [f"| {name} | {ratio:.1f}x |" for name, ratio in ratios]
+        runs = interleaved(
+            repeats,
+            ours=lambda w=workload: ours(*w, ours_steps),
+            tutorial=lambda w=workload: reference(*w, ref_steps),
+            vectorised=lambda w=workload: reference(*w, ref_steps, "vectorised"),
+        )
+        lines += [
+            row(f"metalearn, {name}", runs["ours"]),
+            row(f"reference, {name}", runs["tutorial"]),
+            row(f"reference with vectorised sampling, {name}", runs["vectorised"]),
+        ]
+        ours_speed = runs["ours"]["steps_per_s"]
+        ratios.append(
+            (
+                name,
+                ours_speed / runs["tutorial"]["steps_per_s"],
+                ours_speed / runs["vectorised"]["steps_per_s"],
+            )
+        )
+    lines += [
+        "",
+        "| workload | steps/s ours / reference | ours / reference with "
+        "vectorised sampling |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {a:.1f}x | {b:.1f}x |" for name, a, b in ratios]
 
     tutorial = WORKLOADS["tutorial (4 tasks, K=20)"]
     paper = WORKLOADS["MAML paper (25 tasks, K=10)"]
@@ -108,25 +167,40 @@ def main():
         n = max(ours_steps // (5 * inner), 200)
         lines.append(row(name, ours(*paper, n, *flags, inner_steps=inner)))
 
-    lines += ["", "### Whole process: 20000 steps of the tutorial workload", ""]
-    lines += ["| command | wall s |", "|---|---|"]
+    if args.skip_whole_process:
+        return finish(lines, args.out)
     total = 2000 if args.quick else 20000
+    lines += ["", f"### Whole process: {total} steps of the tutorial workload", ""]
+    lines += ["| command | wall s |", "|---|---|"]
     train = [sys.executable, "train.py", f"outer.steps={total}"]
     cold = measure([*train, "logger=none", "train.compile_cache=null"])
     measure(train)  # fills the compile cache
-    warm = measure(train)
-    ref = reference(*tutorial, total)
+    runs = interleaved(
+        repeats,
+        warm=lambda: measure(train),
+        tutorial=lambda: reference(*tutorial, total),
+        vectorised=lambda: reference(*tutorial, total, "vectorised"),
+    )
+    warm = runs["warm"]["process_wall_s"]
     lines += [
         "| `python train.py logger=none train.compile_cache=null` (no cache) | "
         f"{cold['process_wall_s']:.1f} |",
-        "| `python train.py` (W&B offline, warm compile cache) | "
-        f"{warm['process_wall_s']:.1f} |",
-        f"| `python benchmarks/reference_loop.py` | {ref['process_wall_s']:.1f} |",
+        f"| `python train.py` (W&B offline, warm compile cache) | {warm:.1f} |",
+        "| `python benchmarks/reference_loop.py` | "
+        f"{runs['tutorial']['process_wall_s']:.1f} |",
+        "| `python benchmarks/reference_loop.py --sampling vectorised` | "
+        f"{runs['vectorised']['process_wall_s']:.1f} |",
         "| ratio `python train.py` (warm) / reference | "
-        f"{warm['process_wall_s'] / ref['process_wall_s']:.2f} |",
+        f"{warm / runs['tutorial']['process_wall_s']:.2f} |",
+        "| ratio `python train.py` (warm) / reference with vectorised sampling | "
+        f"{warm / runs['vectorised']['process_wall_s']:.2f} |",
     ]
+    finish(lines, args.out)
+
+
+def finish(lines: list[str], out: Path) -> None:
     text = "\n".join(lines) + "\n"
-    args.out.write_text(text)
+    out.write_text(text)
     print(text)
 
 
