@@ -77,6 +77,22 @@ def sample_tasks_vectorised(outer_batch_size, inner_batch_size, amp_max):
 SAMPLERS = {"tutorial": sample_tasks, "vectorised": sample_tasks_vectorised}
 
 
+def make_batch_maml_loss(inner_lr):
+    """The tutorial's batched MAML loss: mean query loss after one SGD step."""
+
+    def inner_update(params, x1, y1):
+        grads = jax.grad(loss)(params, x1, y1)
+        return jax.tree.map(lambda p, g: p - inner_lr * g, params, grads)
+
+    def maml_loss(params, x1, y1, x2, y2):
+        return loss(inner_update(params, x1, y1), x2, y2)
+
+    def batch_maml_loss(params, x1, y1, x2, y2):
+        return jnp.mean(jax.vmap(partial(maml_loss, params))(x1, y1, x2, y2))
+
+    return batch_maml_loss
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=4)
@@ -87,17 +103,7 @@ def main():
     parser.add_argument("--sampling", choices=sorted(SAMPLERS), default="tutorial")
     args = parser.parse_args()
     start = time.perf_counter()
-
-    def inner_update(params, x1, y1):
-        grads = jax.grad(loss)(params, x1, y1)
-        return jax.tree.map(lambda p, g: p - args.inner_lr * g, params, grads)
-
-    def maml_loss(params, x1, y1, x2, y2):
-        return loss(inner_update(params, x1, y1), x2, y2)
-
-    def batch_maml_loss(params, x1, y1, x2, y2):
-        return jnp.mean(jax.vmap(partial(maml_loss, params))(x1, y1, x2, y2))
-
+    batch_maml_loss = make_batch_maml_loss(args.inner_lr)
     opt_init, opt_update, get_params = optimizers.adam(step_size=1e-3)
 
     @jax.jit

@@ -1,0 +1,85 @@
+"""The benchmark's reference loop computes metalearn's maths, and its scripts run."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO
+
+from metalearn.algorithms import make_maml
+from metalearn.models import make_mlp
+from metalearn.tasks import TaskBatch
+from metalearn.tasks.sinusoid import make_sinusoid
+
+
+def load_reference():
+    path = REPO / "benchmarks" / "reference_loop.py"
+    spec = importlib.util.spec_from_file_location("reference_loop", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_loop_has_metalearns_meta_loss_and_meta_gradient():
+    reference = load_reference()
+    task = make_sinusoid(amp_max=0.5)
+    maml = make_maml(make_mlp([40, 40], 1), task, inner_lr=0.1, inner_steps=1)
+    params, state = maml.init(jax.random.key(0))
+    # the same weights under the reference's haiku module names
+    ref_params = reference.net.init(jax.random.PRNGKey(1), jnp.zeros((1, 1)))
+    names = {"linear": "hidden_0", "linear_1": "hidden_1", "linear_2": "head"}
+    assert sorted(ref_params) == sorted(names)
+    ref_params = {ref: params[ours] for ref, ours in names.items()}
+    np.random.seed(0)
+    x1, y1, x2, y2 = reference.sample_tasks(4, 20, 0.5)
+    tasks = TaskBatch(x1, y1, x2, y2)
+
+    loss, grads, _ = maml.meta_grad(params, state, tasks)
+    ref_loss, ref_grads = jax.value_and_grad(reference.make_batch_maml_loss(0.1))(
+        ref_params, x1, y1, x2, y2
+    )
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for ref, ours in names.items():
+        for got, want in zip(
+            jax.tree.leaves(grads[ours]), jax.tree.leaves(ref_grads[ref]), strict=True
+        ):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_the_tutorial_sampler_and_the_vectorised_one_draw_alike_tasks():
+    reference = load_reference()
+    np.random.seed(0)
+    for sample in (reference.sample_tasks, reference.sample_tasks_vectorised):
+        x1, y1, x2, y2 = (np.asarray(a) for a in sample(25, 10, 5.0))
+        assert x1.shape == y1.shape == x2.shape == y2.shape == (25, 10, 1)
+        assert np.all(np.abs(x1) <= 5.0) and np.all(np.abs(y1) <= 5.0)
+        # one amplitude and phase per task: support and query lie on one sinusoid
+        amplitude = np.max(np.abs(np.concatenate([y1, y2], 1)), axis=(1, 2))
+        assert np.all(amplitude <= 5.0) and len(np.unique(amplitude)) == 25
+
+
+@pytest.mark.parametrize(
+    "script, flags",
+    [
+        ("ours.py", ["--steps", "30", "--window", "10", "--sample-ahead", "4"]),
+        ("reference_loop.py", ["--steps", "10"]),
+        ("reference_loop.py", ["--steps", "10", "--sampling", "vectorised"]),
+    ],
+)
+def test_the_benchmark_scripts_run_and_report(script, flags):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["steps_per_s"] > 0 and report["compile_s"] > 0
+    assert np.isfinite(report["final_meta_loss"])
