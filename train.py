@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from metalearn.config import ConfigError, register_configs
-from metalearn.loggers import STATUS_FILE, write_json_atomically
+from metalearn.loggers import STATUS_FILE, LoggerError, write_json_atomically
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
@@ -55,6 +55,8 @@ def main(cfg: DictConfig) -> float:
         summary = experiment.run(config, output_dir, group, name)
     except ConfigError as error:
         stop(hydra_config, output_dir, error, f"Invalid config:\n{error}", exit_code=2)
+    except LoggerError as error:
+        stop(hydra_config, output_dir, error, f"Logger failed: {error}", exit_code=2)
     except NonFiniteError as error:
         stop(hydra_config, output_dir, error, f"Training stopped: {error}", exit_code=1)
     except Preempted as error:

@@ -77,13 +77,18 @@ def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class LoggerError(RuntimeError):
+    """A logger could not start (e.g. W&B online without credentials)."""
+
+
 class WandbRun:
     """A W&B run (offline unless `mode` says otherwise) written under `output_dir`.
 
     `wandb.init` takes a second or more; it runs in a background thread while
     training compiles and starts. Metrics logged before it is ready are kept and
     sent, in order, as soon as it is; `finish` waits for it. An error from
-    `wandb.init` is raised by the first `log` or `finish` after it.
+    `wandb.init` is raised, as a `LoggerError`, by the first `log` or `finish`
+    after it.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class WandbRun:
     ):
         """`run_id` continues that run (a resumed training run)."""
         self.run_id = run_id or new_run_id()
+        self._mode = mode
         self._waiting: list[tuple[dict[str, Any], int]] = []
         starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-init")
         self._starting = starter.submit(
@@ -131,7 +137,14 @@ class WandbRun:
         run.finish(exit_code=exit_code)
 
     def _send_waiting(self):
-        run = self._starting.result()
+        try:
+            run = self._starting.result()
+        except Exception as error:
+            raise LoggerError(
+                f"logger=wandb could not start its W&B run (logger.mode="
+                f"{self._mode}): {error}\nLog in with `wandb login` or set "
+                "WANDB_API_KEY, or use logger.mode=offline or logger=none."
+            ) from error
         for metrics, step in self._waiting:
             run.log(metrics, step=step)
         self._waiting.clear()
@@ -199,11 +212,13 @@ class Fanout:
             logger.log(metrics, step)
 
     def finish(self, summary: Mapping[str, Any], exit_code: int) -> None:
-        """Finishes every logger, even when one of them fails."""
+        """Finishes every logger, even when one of them fails, in reverse order: a
+        logger that cannot finish (W&B that never started) makes the ones before
+        it (the local files, first) finish as failed too, then its error is raised."""
         errors = []
-        for logger in self.loggers:
+        for logger in reversed(self.loggers):
             try:
-                logger.finish(summary, exit_code)
+                logger.finish(summary, exit_code if not errors else 1)
             except Exception as error:  # noqa: BLE001 - re-raised below
                 errors.append(error)
         if errors:

@@ -1,6 +1,7 @@
 """Resume, preemption, the NaN guard, hostile inputs and sweeps with failures."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -262,3 +263,22 @@ def test_resuming_a_run_saved_by_an_older_version(tmp_path):
     refused = train_py(f"resume={run_dir}", "outer.steps=80", check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "laid out differently" in refused.stderr
+
+
+def test_wandb_online_without_credentials_fails_cleanly(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env |= {"HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
+    result = subprocess.run(
+        [sys.executable, "train.py", *QUICK, "logger.mode=online"]
+        + [f"hydra.run.dir={tmp_path}/run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "wandb login" in result.stderr and "logger.mode=offline" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed"
