@@ -53,8 +53,8 @@ class EvalConfig:
 class TrainConfig:
     log_every: int = 100  # meta-steps per metrics window (one host read each)
     devices: int = 0  # devices the task batch is split over (0: all visible)
-    # meta-steps whose tasks are sampled in one vectorised call (memory: that many
-    # steps' task batches); the numbers do not depend on it, only the speed
+    # meta-steps whose tasks are sampled in one vectorised call, at most log_every
+    # (memory: that many steps' task batches); changes the speed, never the numbers
     sample_ahead: int = 100
     # JAX's persistent compilation cache (null: off); reused by later runs
     compile_cache: str | None = "${oc.env:METALEARN_COMPILE_CACHE,.cache/jax}"

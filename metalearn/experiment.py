@@ -391,7 +391,8 @@ def _make_window(config: dict, parts: Parts, mesh: jax.sharding.Mesh | None):
             num_query=config["outer"]["num_query"],
             mesh=mesh,
         ),
-        sample_ahead=config["train"]["sample_ahead"],
+        # a window never needs more steps' tasks than it runs
+        sample_ahead=min(config["train"]["sample_ahead"], config["train"]["log_every"]),
     )
 
 

@@ -57,11 +57,13 @@ class TrainStep(NamedTuple):
     """One meta-step, split into its two halves so a window can sample many steps'
     tasks in one vectorised call. `step(state)` runs both halves."""
 
-    sample: Callable[[jax.Array, jax.Array], TaskBatch]  # (run key, step) -> tasks
+    # (run key, steps [S]) -> the tasks of those steps, stacked: leaves [S, tasks, ...]
+    sample_steps: Callable[[jax.Array, jax.Array], TaskBatch]
     update: Callable[[TrainState, TaskBatch], tuple[TrainState, jax.Array]]
 
     def __call__(self, state: TrainState) -> tuple[TrainState, jax.Array]:
-        return self.update(state, self.sample(state.key, state.step))
+        tasks = self.sample_steps(state.key, state.step[None])
+        return self.update(state, jax.tree.map(lambda batch: batch[0], tasks))
 
 
 def flat_optimizer(
@@ -94,16 +96,23 @@ def make_train_step(
     `tasks_per_step` must be a multiple of the mesh size.
     """
 
+    def shard_tasks(tasks: TaskBatch, *leading: None) -> TaskBatch:
+        """Splits the task axis (after any `leading` axes) over the mesh."""
+        if mesh is None:
+            return tasks
+        spec = jax.sharding.PartitionSpec(*leading, TASK_AXIS)
+        sharding = jax.sharding.NamedSharding(mesh, spec)
+        return jax.lax.with_sharding_constraint(tasks, sharding)
+
     def sample(key: jax.Array, step: jax.Array) -> TaskBatch:
         keys = jax.random.split(jax.random.fold_in(key, step), tasks_per_step)
         return jax.vmap(lambda k: task.sample(k, num_support, num_query))(keys)
 
+    def sample_steps(key: jax.Array, steps: jax.Array) -> TaskBatch:
+        return shard_tasks(jax.vmap(sample, in_axes=(None, 0))(key, steps), None)
+
     def update(state: TrainState, tasks: TaskBatch) -> tuple[TrainState, jax.Array]:
-        if mesh is not None:
-            tasks = jax.lax.with_sharding_constraint(
-                tasks,
-                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(TASK_AXIS)),
-            )
+        tasks = shard_tasks(tasks)
         loss, grads, model_state = algorithm.meta_grad(
             state.meta_params, state.model_state, tasks
         )
@@ -114,7 +123,7 @@ def make_train_step(
         )
         return next_state, loss
 
-    return TrainStep(sample, update)
+    return TrainStep(sample_steps, update)
 
 
 def make_train_window(
@@ -131,12 +140,12 @@ def make_train_window(
     `metrics["finite"]` whether it and every meta-parameter are finite (one
     reduction per window: the NaN guard costs nothing per step).
     """
-    sample_ahead_steps = jax.vmap(train_step.sample, in_axes=(None, 0))
 
     def window(state: TrainState, num_steps: jax.Array):
         def run_block(block, carry):
             state, total = carry
-            tasks = sample_ahead_steps(state.key, state.step + jnp.arange(sample_ahead))
+            steps = state.step + jnp.arange(sample_ahead)
+            tasks = train_step.sample_steps(state.key, steps)
 
             def run_step(i, carry):
                 state, total = carry
@@ -157,7 +166,8 @@ def make_train_window(
                 [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.meta_params)]
             )
         )
-        return state, {"train/meta_loss": total / num_steps, "finite": finite}
+        mean_loss = total / jnp.maximum(num_steps, 1)
+        return state, {"train/meta_loss": mean_loss, "finite": finite}
 
     return jax.jit(window, donate_argnums=0)
 

@@ -33,6 +33,10 @@ SCRIPT = textwrap.dedent(
         if mesh is not None:
             hlo = window.lower(state, jnp.int32(1)).compile().as_text()
             assert "all-reduce" in hlo, "tasks were not split across devices"
+            block = jax.jit(step.sample_steps)(state.key, jnp.arange(3))
+            split = jax.sharding.PartitionSpec(None, "tasks")
+            assert block.support_inputs.sharding.spec == split, (
+                "a block of sampled tasks is not split across devices")
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *results
     )
