@@ -342,6 +342,7 @@ def run(
             summary = {**(before[-1] if before else {}), **summary}
             summary.pop("step", None)
         summary["objective"] = summary[f"eval/{evaluation['objective']}"]
+        logger.wait_started()  # W&B that never started fails the run, here
         exit_code = 0
     except Preempted:
         exit_code = loggers.PREEMPTED_EXIT_CODE

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import string
+import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,8 +88,8 @@ class WandbRun:
     `wandb.init` takes a second or more; it runs in a background thread while
     training compiles and starts. Metrics logged before it is ready are kept and
     sent, in order, as soon as it is; `finish` waits for it. An error from
-    `wandb.init` is raised, as a `LoggerError`, by the first `log` or `finish`
-    after it.
+    `wandb.init` is raised, as a `LoggerError`, by the first `log`,
+    `wait_started` or `finish` after it.
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class WandbRun:
         """`run_id` continues that run (a resumed training run)."""
         self.run_id = run_id or new_run_id()
         self._mode = mode
+        self._start_error_raised = False
         self._waiting: list[tuple[dict[str, Any], int]] = []
         starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-init")
         self._starting = starter.submit(
@@ -128,13 +130,36 @@ class WandbRun:
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         self._waiting.append((dict(metrics), step))
         if self._starting.done():
+            self.wait_started()
+
+    def wait_started(self) -> None:
+        """Waits for `wandb.init` and sends what was logged meanwhile; raises
+        `LoggerError` if W&B could not start."""
+        try:
             self._send_waiting()
+        except LoggerError:
+            self._start_error_raised = True
+            raise
 
     def finish(self, summary: Mapping[str, Any], exit_code: int) -> None:
-        run = self._send_waiting()  # waits for wandb.init
+        """Ends the W&B run. If W&B never started, a successful run (exit code 0)
+        raises `LoggerError`; a failed one only notes it on stderr, unless that
+        error was raised already, so the error that ended the run stays the one
+        reported."""
+        try:
+            run = self._send_waiting()
+        except LoggerError as error:
+            if exit_code == 0:
+                raise
+            if not self._start_error_raised:
+                print(f"also: {error}", file=sys.stderr)
+            return
         if exit_code == 0:
             run.summary.update(dict(summary))
-        run.finish(exit_code=exit_code)
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as error:
+            raise LoggerError(f"W&B could not finish its run: {error}") from error
 
     def _send_waiting(self):
         try:
@@ -142,8 +167,9 @@ class WandbRun:
         except Exception as error:
             raise LoggerError(
                 f"logger=wandb could not start its W&B run (logger.mode="
-                f"{self._mode}): {error}\nLog in with `wandb login` or set "
-                "WANDB_API_KEY, or use logger.mode=offline or logger=none."
+                f"{self._mode}): {error}\nIf that is about credentials: log in with "
+                "`wandb login` or set WANDB_API_KEY. Or run with logger.mode=offline "
+                "or logger=none."
             ) from error
         for metrics, step in self._waiting:
             run.log(metrics, step=step)
@@ -211,14 +237,20 @@ class Fanout:
         for logger in self.loggers:
             logger.log(metrics, step)
 
+    def wait_started(self) -> None:
+        """Waits for loggers that start in the background (W&B); raises
+        `LoggerError` if one could not start."""
+        for logger in self.loggers:
+            if isinstance(logger, WandbRun):
+                logger.wait_started()
+
     def finish(self, summary: Mapping[str, Any], exit_code: int) -> None:
-        """Finishes every logger, even when one of them fails, in reverse order: a
-        logger that cannot finish (W&B that never started) makes the ones before
-        it (the local files, first) finish as failed too, then its error is raised."""
+        """Finishes every logger, even when one of them fails (the local files
+        first, so they never wait on W&B)."""
         errors = []
-        for logger in reversed(self.loggers):
+        for logger in self.loggers:
             try:
-                logger.finish(summary, exit_code if not errors else 1)
+                logger.finish(summary, exit_code)
             except Exception as error:  # noqa: BLE001 - re-raised below
                 errors.append(error)
         if errors:

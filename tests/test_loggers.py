@@ -50,8 +50,9 @@ def test_a_resumed_run_keeps_its_id(monkeypatch, tmp_path):
     monkeypatch.setattr(
         loggers, "_init_wandb", lambda *a, **k: calls.append((a[4], k["resume"]))
     )
-    assert start_wandb(tmp_path, run_id="abc12345").run_id == "abc12345"
-    assert calls == [("abc12345", "allow")]
+    wandb = start_wandb(tmp_path, run_id="abc12345")
+    wandb.wait_started()
+    assert wandb.run_id == "abc12345" and calls == [("abc12345", "allow")]
 
 
 def test_a_failed_wandb_start_is_raised_not_swallowed(monkeypatch, tmp_path):
@@ -60,5 +61,20 @@ def test_a_failed_wandb_start_is_raised_not_swallowed(monkeypatch, tmp_path):
 
     monkeypatch.setattr(loggers, "_init_wandb", failing_init)
     wandb = start_wandb(tmp_path)
-    with pytest.raises(RuntimeError, match="no W&B credentials"):
+    with pytest.raises(loggers.LoggerError, match="no W&B credentials"):
         wandb.finish({}, exit_code=0)
+
+
+def test_a_failed_wandb_start_does_not_replace_the_error_that_ended_a_run(
+    monkeypatch, tmp_path, capsys
+):
+    def failing_init(*args, **options):
+        raise RuntimeError("no W&B credentials")
+
+    monkeypatch.setattr(loggers, "_init_wandb", failing_init)
+    local = loggers.LocalFiles(tmp_path)
+    fanout = loggers.Fanout([local, start_wandb(tmp_path)])
+    fanout.finish({}, exit_code=loggers.PREEMPTED_EXIT_CODE)  # raises nothing
+    assert "no W&B credentials" in capsys.readouterr().err
+    status = (tmp_path / loggers.STATUS_FILE).read_text()
+    assert "preempted" in status
