@@ -75,7 +75,8 @@ class Checkpointer:
                 f"the checkpoint {self.directory / str(step)} holds a training state "
                 "laid out differently from the one this version of metalearn builds "
                 "(for example, one saved before metalearn kept the optimiser state as "
-                "one vector); it cannot be resumed: start a new run"
+                "one vector); it cannot be resumed: start a new run. orbax said: "
+                + str(error).splitlines()[0]
             ) from error
         key_impl = jax.random.key_impl(template.key)
         return _from_disk(dict(restored.state), key_impl), dict(restored.meta)

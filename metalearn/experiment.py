@@ -148,6 +148,7 @@ RESUMABLE_KEYS = (
     "logger",
     "train.log_every",
     "train.sample_ahead",
+    "train.compile_cache",
     "checkpoint",
     "eval.every",
     "eval.tasks_per_batch",
@@ -200,7 +201,9 @@ def has_checkpoint(run_dir: Path) -> bool:
 def config_for_resume(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     """The config to continue the run in `run_dir`: the one it started with, plus
     command-line `overrides` that cannot change its numbers (`RESUMABLE_KEYS`).
-    Keys added to metalearn since the run started take their defaults."""
+    Keys of the fixed sections (inner, outer, eval, train, checkpoint) added to
+    metalearn since the run started take their defaults; a run whose checkpoint no
+    longer fits the training state is still refused when it is restored."""
     saved = load_saved_config(run_dir)
     defaults = OmegaConf.to_container(OmegaConf.structured(Config))
     for section in ("inner", "outer", "eval", "train", "checkpoint"):
@@ -218,7 +221,7 @@ def config_for_resume(run_dir: str, overrides: list[str]) -> dict[str, Any]:
                 f"groups): {', '.join(RESUMABLE_KEYS)}"
             )
         OmegaConf.update(config, key, yaml.safe_load(value), force_add=False)
-    return OmegaConf.to_container(config)
+    return OmegaConf.to_container(config, resolve=True)
 
 
 def _restore_or_start(
