@@ -55,12 +55,21 @@ def test_the_tutorial_sampler_and_the_vectorised_one_draw_alike_tasks():
     reference = load_reference()
     np.random.seed(0)
     for sample in (reference.sample_tasks, reference.sample_tasks_vectorised):
-        x1, y1, x2, y2 = (np.asarray(a) for a in sample(25, 10, 5.0))
+        x1, y1, x2, y2 = (np.asarray(a, np.float64) for a in sample(25, 10, 5.0))
         assert x1.shape == y1.shape == x2.shape == y2.shape == (25, 10, 1)
-        assert np.all(np.abs(x1) <= 5.0) and np.all(np.abs(y1) <= 5.0)
-        # one amplitude and phase per task: support and query lie on one sinusoid
-        amplitude = np.max(np.abs(np.concatenate([y1, y2], 1)), axis=(1, 2))
-        assert np.all(amplitude <= 5.0) and len(np.unique(amplitude)) == 25
+        assert np.all(np.abs(x1) <= 5.0) and np.all(np.abs(x2) <= 5.0)
+        for task in range(25):
+            # y = A sin(x - phase) = a sin x + b cos x: fit a, b on the support set
+            def features(x, task=task):
+                return np.stack([np.sin(x[task, :, 0]), np.cos(x[task, :, 0])], 1)
+
+            (a, b), *_ = np.linalg.lstsq(features(x1), y1[task, :, 0], rcond=None)
+            amplitude = np.hypot(a, b)
+            assert 0.1 - 1e-4 <= amplitude <= 5.0 + 1e-4
+            # the query points lie on the same sinusoid
+            np.testing.assert_allclose(
+                features(x2) @ [a, b], y2[task, :, 0], atol=1e-4 * max(amplitude, 1)
+            )
 
 
 @pytest.mark.parametrize(
