@@ -61,13 +61,20 @@ def reference(tasks, k, lr, amp, steps, sampling="tutorial") -> dict:
 
 
 def jax_device() -> str:
-    """What JAX runs on here, e.g. 'cpu' or 'NVIDIA H100 80GB HBM3'."""
-    probe = "import jax; d = jax.devices()[0]; print(d.platform, '|', d.device_kind)"
+    """JAX's version and what it runs on, e.g. 'JAX 0.10.2 on cpu'."""
+    probe = (
+        "import jax; d = jax.devices()[0]; "
+        "print(jax.__version__, '|', d.platform, '|', d.device_kind)"
+    )
     output = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
-    platform_name, kind = (part.strip() for part in output.split("|"))
-    return platform_name if platform_name == "cpu" else kind
+    version, platform_name, kind = (part.strip() for part in output.split("|"))
+    return f"JAX {version} on {platform_name if platform_name == 'cpu' else kind}"
+
+
+def runs_label(repeats: int) -> str:
+    return "one run each" if repeats == 1 else f"medians of {repeats} interleaved runs"
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -115,11 +122,11 @@ def main():
     repeats = 1 if args.quick else args.repeats
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, JAX device: {jax_device()}; "
-        "`python benchmarks/throughput.py` "
-        f"(medians of {repeats} interleaved runs)",
+        f"{os.cpu_count()} CPUs, {jax_device()}; "
+        f"`{' '.join(['python', 'benchmarks/throughput.py', *sys.argv[1:]])}`",
         "",
-        "### Ours vs the tutorial-style loop (second-order MAML, 1 inner step)",
+        "### Ours vs the tutorial-style loop (second-order MAML, 1 inner step; "
+        f"{runs_label(repeats)})",
         "",
         *HEADER,
     ]
@@ -154,7 +161,11 @@ def main():
 
     tutorial = WORKLOADS["tutorial (4 tasks, K=20)"]
     paper = WORKLOADS["MAML paper (25 tasks, K=10)"]
-    lines += ["", "### First vs second order; inner steps; remat (paper workload)", ""]
+    lines += [
+        "",
+        "### First vs second order; inner steps; remat (paper workload; one run each)",
+        "",
+    ]
     lines += HEADER
     variants = [
         ("second order, 1 step", [], 1),
@@ -170,10 +181,15 @@ def main():
     if args.skip_whole_process:
         return finish(lines, args.out)
     total = 2000 if args.quick else 20000
-    lines += ["", f"### Whole process: {total} steps of the tutorial workload", ""]
+    lines += [
+        "",
+        f"### Whole process: {total} steps of the tutorial workload (no-cache row: "
+        f"one run; the others: {runs_label(repeats)})",
+        "",
+    ]
     lines += ["| command | wall s |", "|---|---|"]
     train = [sys.executable, "train.py", f"outer.steps={total}"]
-    cold = measure([*train, "logger=none", "train.compile_cache=null"])
+    cold = measure([*train, "train.compile_cache=null"])
     measure(train)  # fills the compile cache
     runs = interleaved(
         repeats,
@@ -183,7 +199,7 @@ def main():
     )
     warm = runs["warm"]["process_wall_s"]
     lines += [
-        "| `python train.py logger=none train.compile_cache=null` (no cache) | "
+        "| `python train.py train.compile_cache=null` (W&B offline, no cache) | "
         f"{cold['process_wall_s']:.1f} |",
         f"| `python train.py` (W&B offline, warm compile cache) | {warm:.1f} |",
         "| `python benchmarks/reference_loop.py` | "
