@@ -201,13 +201,15 @@ def has_checkpoint(run_dir: Path) -> bool:
 def config_for_resume(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     """The config to continue the run in `run_dir`: the one it started with, plus
     command-line `overrides` that cannot change its numbers (`RESUMABLE_KEYS`).
-    Keys of the fixed sections (inner, outer, eval, train, checkpoint) added to
-    metalearn since the run started take their defaults; a run whose checkpoint no
-    longer fits the training state is still refused when it is restored."""
+    Keys of the fixed sections (those not chosen from a group: inner, outer, eval,
+    train, checkpoint) added to metalearn since the run started take their
+    defaults; a run whose checkpoint no longer fits the training state is still
+    refused when it is restored."""
     saved = load_saved_config(run_dir)
     defaults = OmegaConf.to_container(OmegaConf.structured(Config))
-    for section in ("inner", "outer", "eval", "train", "checkpoint"):
-        saved[section] = {**defaults[section], **saved.get(section, {})}
+    for section, keys in defaults.items():
+        if isinstance(keys, dict):  # group choices (task, model, ...) are "???"
+            saved[section] = {**keys, **saved.get(section, {})}
     config = OmegaConf.create(saved)
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
