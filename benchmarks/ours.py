@@ -49,7 +49,8 @@ def main():
     )
     optimizer = flat_optimizer(optax.adam(1e-3))  # as train.py builds it
     step = make_train_step(maml, task, optimizer, args.tasks, args.k, args.k)
-    window = make_train_window(step, args.sample_ahead)
+    # as train.py: a window never samples more steps' tasks than it runs
+    window = make_train_window(step, min(args.sample_ahead, args.window))
     state = init_train_state(maml, optimizer, jax.random.key(0))
     compile_start = time.perf_counter()
     compiled = window.lower(state, jnp.int32(1)).compile()
