@@ -1,6 +1,13 @@
-"""metalearn's trainer on one workload, timed: the 'ours' rows of throughput.py.
+"""metalearn's trainer on one workload, timed: the 'ours' rows of the benchmarks.
 
-python benchmarks/ours.py --tasks 25 --k 10 --inner-steps 1 --steps 20000
+    python benchmarks/ours.py --steps 20000 task=sinusoid_tutorial outer.batch=4
+    python benchmarks/ours.py --steps 200 experiment=maml_paper_omniglot_5w1s
+
+The arguments after the options are `train.py` overrides: the config is composed
+and the training window built exactly as `train.py` builds them
+(`metalearn.build.make_training_window`). Prints one JSON line: meta-steps/s (over
+`--steps`, compilation excluded), compile time, whole-process wall time, and the
+compiled program's memory (MB).
 """
 
 import argparse
@@ -11,56 +18,41 @@ start = time.perf_counter()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 
-from metalearn.algorithms import make_maml  # noqa: E402
-from metalearn.models import make_mlp  # noqa: E402
-from metalearn.tasks.sinusoid import make_sinusoid  # noqa: E402
-from metalearn.trainer import (  # noqa: E402
-    flat_optimizer,
-    init_train_state,
-    make_train_step,
-    make_train_window,
-)
+from metalearn.build import build, make_training_window  # noqa: E402
+from metalearn.config import register_configs, typed  # noqa: E402
+from metalearn.runtime import program_bytes, replicate, task_mesh  # noqa: E402
+from metalearn.trainer import init_train_state  # noqa: E402
+
+CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tasks", type=int, default=4)
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--inner-steps", type=int, default=1)
-    parser.add_argument("--inner-lr", type=float, default=0.1)
-    parser.add_argument("--amp-max", type=float, default=0.5)
-    parser.add_argument("--steps", type=int, default=20000)
-    parser.add_argument("--window", type=int, default=100)  # train.log_every
-    parser.add_argument("--sample-ahead", type=int, default=100)
-    parser.add_argument("--first-order", action="store_true")
-    parser.add_argument("--remat", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20000, help="meta-steps timed")
+    parser.add_argument("overrides", nargs="*", help="train.py overrides")
     args = parser.parse_args()
-
-    task = make_sinusoid(amp_max=args.amp_max)
-    maml = make_maml(
-        make_mlp([40, 40], 1),
-        task,
-        args.inner_lr,
-        args.inner_steps,
-        first_order=args.first_order,
-        remat=args.remat,
-    )
-    optimizer = flat_optimizer(optax.adam(1e-3))  # as train.py builds it
-    step = make_train_step(maml, task, optimizer, args.tasks, args.k, args.k)
-    # as train.py: a window never samples more steps' tasks than it runs
-    window = make_train_window(step, min(args.sample_ahead, args.window))
-    state = init_train_state(maml, optimizer, jax.random.key(0))
+    register_configs()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        config = typed(compose("config", overrides=[*args.overrides, "logger=none"]))
+    parts = build(config)
+    mesh = task_mesh(config.train.devices, config.outer.batch)
+    window = make_training_window(config, parts, mesh)
+    data = replicate(parts.tasks.train.data, mesh)
+    state = init_train_state(parts.algorithm, parts.optimizer, jax.random.key(0))
+    state = replicate(state, mesh)
     compile_start = time.perf_counter()
-    compiled = window.lower(state, jnp.int32(1)).compile()
+    compiled = window.lower(state, data, jnp.int32(1)).compile()
     compile_s = time.perf_counter() - compile_start
     memory = compiled.memory_analysis()
+    state, metrics = compiled(state, data, jnp.int32(1))  # warm-up: first call
+    jax.device_get(metrics)
     loop_start = time.perf_counter()
-    done = 0
+    done, every = 0, config.train.log_every
     while done < args.steps:
-        n = min(args.window, args.steps - done)
-        state, metrics = compiled(state, jnp.int32(n))
+        n = min(every, args.steps - done)
+        state, metrics = compiled(state, data, jnp.int32(n))
         jax.device_get(metrics)  # the once-per-window host read the trainer does
         done += n
     loop_s = time.perf_counter() - loop_start
@@ -71,6 +63,7 @@ def main():
                 "compile_s": compile_s,
                 "wall_s": time.perf_counter() - start,
                 "program_temp_mb": memory.temp_size_in_bytes / 2**20,
+                "program_mb": program_bytes(compiled) / 2**20,
                 "final_meta_loss": float(metrics["train/meta_loss"]),
             }
         )

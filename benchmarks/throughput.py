@@ -46,11 +46,11 @@ def measure(command: list[str]) -> dict:
     return result
 
 
-def ours(tasks, k, lr, amp, steps, *flags, inner_steps=1) -> dict:
-    command = [sys.executable, str(HERE / "ours.py"), "--tasks", str(tasks)]
-    command += ["--k", str(k), "--inner-lr", str(lr), "--amp-max", str(amp)]
-    command += ["--steps", str(steps), "--inner-steps", str(inner_steps), *flags]
-    return measure(command)
+def ours(tasks, k, lr, amp, steps, *overrides, inner_steps=1) -> dict:
+    command = [sys.executable, str(HERE / "ours.py"), "--steps", str(steps)]
+    command += ["task=sinusoid", f"task.amp_max={amp}", f"outer.batch={tasks}"]
+    command += [f"inner.k={k}", f"inner.lr={lr}", f"inner.steps={inner_steps}"]
+    return measure([*command, *overrides])
 
 
 def reference(tasks, k, lr, amp, steps, sampling="tutorial") -> dict:
@@ -169,11 +169,12 @@ def main():
     lines += HEADER
     variants = [
         ("second order, 1 step", [], 1),
-        ("first order, 1 step", ["--first-order"], 1),
+        ("first order, 1 step", ["algo.first_order=true"], 1),
     ]
     for steps in (5, 20):
         variants += [(f"second order, {steps} steps", [], steps)]
-        variants += [(f"second order, {steps} steps, remat", ["--remat"], steps)]
+        remat = ["algo.remat=true"]
+        variants += [(f"second order, {steps} steps, remat", remat, steps)]
     for name, flags, inner in variants:
         n = max(ours_steps // (5 * inner), 200)
         lines.append(row(name, ours(*paper, n, *flags, inner_steps=inner)))

@@ -12,8 +12,10 @@ import jax
 
 from metalearn.models import Model, ModelState, Params
 
+# (params, state, inputs, targets) -> (loss, (new state, predictions))
 LossFn = Callable[
-    [Params, ModelState, jax.Array, jax.Array], tuple[jax.Array, ModelState]
+    [Params, ModelState, jax.Array, jax.Array],
+    tuple[jax.Array, tuple[ModelState, jax.Array]],
 ]
 StepFn = Callable[
     [Params, Any, ModelState, jax.Array, jax.Array],
@@ -22,11 +24,12 @@ StepFn = Callable[
 
 
 def make_model_loss(model: Model, task_loss: Callable) -> LossFn:
-    """`(params, state, inputs, targets) -> (loss, new_state)` of a model on a task."""
+    """`(params, state, inputs, targets) -> (loss, (new_state, predictions))` of a
+    model on a task's examples."""
 
     def loss(params, state, inputs, targets):
         predictions, state = model.apply(params, state, inputs, True)
-        return task_loss(predictions, targets), state
+        return task_loss(predictions, targets), (state, predictions)
 
     return loss
 
@@ -40,15 +43,20 @@ def make_sgd_step(loss_fn: LossFn, first_order: bool = False) -> StepFn:
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(params, learning_rate, state, inputs, targets):
-        (loss, state), grads = value_and_grad(params, state, inputs, targets)
+        (loss, (state, _)), grads = value_and_grad(params, state, inputs, targets)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
-        if jax.tree.structure(learning_rate) != jax.tree.structure(params):
+        if not _same_structure(learning_rate, params):
             learning_rate = jax.tree.map(lambda _: learning_rate, params)
         params = jax.tree.map(lambda p, lr, g: p - lr * g, params, learning_rate, grads)
         return params, state, loss
 
     return step
+
+
+def _same_structure(tree: Any, other: Any) -> bool:
+    structure: Any = jax.tree.structure(tree)  # PyTreeDef's stub lacks __eq__
+    return bool(structure == jax.tree.structure(other))
 
 
 def make_adapt(

@@ -9,6 +9,11 @@ sweep dir:
   finished; failed or unfinished jobs are counted and marked, never averaged in;
 - `adaptation.png`: score vs adaptation steps per group (mean, CI band);
 - `meta_loss.png`: training meta-loss vs meta-step per group.
+
+A job whose files cannot be read (bad JSON, missing overrides) is listed as
+unreadable, with the reason, and the rest of the sweep is still reported. Nothing
+here assumes a metric is better low or high: each metric's goal comes from
+`metalearn.metrics` (a loss is plotted on a log scale, an accuracy on a linear one).
 """
 
 import argparse
@@ -21,17 +26,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import matplotlib
+import yaml
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
-
-from metalearn.loggers import (  # noqa: E402
+from metalearn.loggers import log_report, wandb_mode
+from metalearn.metrics import GOALS
+from metalearn.rundir import (
+    CONFIG_FILE,
     HISTORY_FILE,
+    HYDRA_DIR,
     STATUS_FILE,
     SUMMARY_FILE,
+    State,
     read_history,
+    read_json,
+    read_state,
+    sweep_group,
 )
 
 REPORT_STEPS = (0, 1, 5, 10)
@@ -43,7 +53,7 @@ T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
 class Job(NamedTuple):
     path: Path
     overrides: list[str]
-    status: str  # finished | failed | unfinished
+    status: str  # finished | failed | preempted | unfinished | unreadable: <why>
     summary: dict[str, Any]
     history: list[dict[str, Any]]
 
@@ -58,25 +68,33 @@ class Group(NamedTuple):
 
 
 def read_job(path: Path) -> Job:
-    overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
-    summary_path, status_path = path / SUMMARY_FILE, path / STATUS_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if status_path.exists():  # status.json is written last: it wins over a summary
-        status = json.loads(status_path.read_text())["state"]
-        status = "unfinished" if status == "running" else status
-    else:
+    """One job dir; a job whose files cannot be read is `unreadable: <why>`."""
+    try:
+        overrides = yaml.safe_load((path / HYDRA_DIR / "overrides.yaml").read_text())
+        summary_path = path / SUMMARY_FILE
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        history = read_history(path / HISTORY_FILE)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return Job(path, [], f"unreadable: {reason}", {}, [])
+    state = read_state(path)  # status.json is written last: it wins over a summary
+    if (path / STATUS_FILE).exists() and state is None:
+        return Job(path, overrides or [], "unreadable: bad status.json", {}, history)
+    if state is None:
         status = "finished" if summary else "unfinished"
-    return Job(path, overrides, status, summary, read_history(path / HISTORY_FILE))
+    else:
+        status = "unfinished" if state == State.RUNNING else str(state)
+    return Job(path, overrides or [], status, summary, history)
 
 
 def find_jobs(sweep_dir: Path) -> list[Job]:
     """Every job dir (one holding `.hydra/overrides.yaml`) below `sweep_dir`."""
-    paths = [p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")]
+    paths = [p.parent.parent for p in sweep_dir.rglob(f"{HYDRA_DIR}/overrides.yaml")]
     numbered = sorted(paths, key=lambda p: [_natural(part) for part in p.parts])
     return [read_job(path) for path in numbered]
 
 
-def _natural(text: str) -> tuple[int, str]:
+def _natural(text: str) -> tuple[float, str]:
     return (int(text), "") if text.isdigit() else (math.inf, text)
 
 
@@ -147,9 +165,9 @@ def table_rows(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _cell(values: list[float | None], digits: int = 4) -> str:
+def _cell(scores: list[float | None], digits: int = 4) -> str:
     """`mean ± ci` over the finite values; diverged (nan/inf) ones are counted."""
-    values = [v for v in values if v is not None]
+    values = [v for v in scores if v is not None]
     finite = [v for v in values if math.isfinite(v)]
     diverged = f" [{len(values) - len(finite)}/{len(values)} non-finite]"
     suffix = diverged if len(finite) < len(values) else ""
@@ -163,7 +181,9 @@ def _cell(values: list[float | None], digits: int = 4) -> str:
     return f"{mean:{form}} ± {ci:{ci_form}}{suffix}"
 
 
-def write_tables(groups: Sequence[Group], sweep_dir: Path) -> None:
+def write_tables(
+    groups: Sequence[Group], sweep_dir: Path, unreadable: Sequence[Job] = ()
+) -> None:
     header, rows = table_rows(groups)
     with open(sweep_dir / "report.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
@@ -176,6 +196,9 @@ def write_tables(groups: Sequence[Group], sweep_dir: Path) -> None:
     ]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if unreadable:
+        lines += ["", f"Jobs that could not be read ({len(unreadable)}):", ""]
+        lines += [f"- `{job.path}`: {job.status}" for job in unreadable]
     lines += [
         "",
         "![adaptation](adaptation.png)",
@@ -201,35 +224,72 @@ def _name(group: Group, title: str) -> str:
     return ", ".join(parts) or "default"
 
 
+def _goal(metric: str) -> str:
+    return GOALS.get(metric.rsplit("_k", 1)[0], GOALS.get(metric, "min"))
+
+
+Line = (
+    tuple[Sequence[float], Sequence[float]]
+    | tuple[Sequence[float], Sequence[float], Sequence[float]]
+)  # (x, y) or (x, y, CI half-width)
+
+
+def draw_lines(ax, lines: dict[str, Line]) -> None:
+    """One line per label, with a CI band where one is given."""
+    for label, line in lines.items():
+        xs, ys = line[0], line[1]
+        (drawn,) = ax.plot(xs, ys, label=label)
+        if len(line) == 3:
+            low = [y - c for y, c in zip(ys, line[2], strict=True)]
+            high = [y + c for y, c in zip(ys, line[2], strict=True)]
+            ax.fill_between(xs, low, high, color=drawn.get_color(), alpha=0.2)
+    if lines:
+        ax.legend(fontsize=7)
+
+
+def plot_lines(
+    lines: dict[str, Line],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    log: bool = False,
+) -> None:
+    """One panel of labelled lines (with CI bands where given) saved as a PNG."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    draw_lines(ax, lines)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, yscale="log" if log else "linear")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def adaptation_lines(groups: Sequence[Group], metric: str, title: str) -> dict:
+    """Per group: score vs adaptation steps, mean and CI over finished seeds."""
+    lines = {}
+    for group in groups:
+        curves = [_curve(job.summary, metric) for job in group.finished]
+        curves = [c for c in curves if c and all(map(math.isfinite, c))]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        stats = [mean_ci([c[i] for c in curves]) for i in range(length)]
+        cis = [0.0 if math.isnan(ci) else ci for _, ci in stats]
+        lines[_name(group, title)] = (range(length), [m for m, _ in stats], cis)
+    return lines
+
+
 def plot_adaptation(groups: Sequence[Group], metric: str, path: Path) -> None:
     panels = _panels(groups)
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False
-    )
+    fig = Figure(figsize=(6 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, members) in zip(axes[0], panels.items(), strict=True):
-        for group in members:
-            curves = [_curve(job.summary, metric) for job in group.finished]
-            curves = [c for c in curves if c and all(map(math.isfinite, c))]
-            if not curves:
-                continue
-            length = min(len(c) for c in curves)
-            stats = [mean_ci([c[i] for c in curves]) for i in range(length)]
-            means = [m for m, _ in stats]
-            cis = [0.0 if math.isnan(ci) else ci for _, ci in stats]
-            (line,) = ax.plot(range(length), means, label=_name(group, title))
-            low = [m - c for m, c in zip(means, cis, strict=True)]
-            high = [m + c for m, c in zip(means, cis, strict=True)]
-            ax.fill_between(range(length), low, high, color=line.get_color(), alpha=0.2)
-        ax.set(
-            title=title,
-            xlabel="adaptation steps",
-            ylabel=f"query {metric}",
-            yscale="log",
-        )
-        ax.legend(fontsize=7)
+        draw_lines(ax, adaptation_lines(members, metric, title))
+        scale = "log" if _goal(metric) == "min" else "linear"
+        ax.set(title=title, xlabel="adaptation steps", ylabel=f"query {metric}")
+        ax.set_yscale(scale)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _curve(summary: dict[str, Any], metric: str) -> list[float]:
@@ -238,29 +298,33 @@ def _curve(summary: dict[str, Any], metric: str) -> list[float]:
     return [steps[i] for i in range(len(steps)) if i in steps]
 
 
+def meta_loss_lines(groups: Sequence[Group], title: str) -> dict:
+    """Per group: the training meta-loss vs meta-step, mean over jobs."""
+    lines = {}
+    for group in groups:
+        by_step: dict[int, list[float]] = {}
+        for job in group.jobs:
+            for row in job.history:
+                if "train/meta_loss" in row:
+                    by_step.setdefault(row["step"], []).append(row["train/meta_loss"])
+        if by_step:
+            steps = sorted(by_step)
+            lines[_name(group, title)] = (
+                steps,
+                [statistics.fmean(by_step[s]) for s in steps],
+            )
+    return lines
+
+
 def plot_meta_loss(groups: Sequence[Group], path: Path) -> None:
     panels = _panels(groups)
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False
-    )
+    fig = Figure(figsize=(6 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, members) in zip(axes[0], panels.items(), strict=True):
-        for group in members:
-            by_step: dict[int, list[float]] = {}
-            for job in group.jobs:
-                for row in job.history:
-                    if "train/meta_loss" in row:
-                        by_step.setdefault(row["step"], []).append(
-                            row["train/meta_loss"]
-                        )
-            if by_step:
-                steps = sorted(by_step)
-                means = [statistics.fmean(by_step[s]) for s in steps]
-                ax.plot(steps, means, label=_name(group, title))
+        draw_lines(ax, meta_loss_lines(members, title))
         ax.set(title=title, xlabel="meta-step", ylabel="meta-loss", yscale="log")
-        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_report(sweep_dir: Path, over: Sequence[str] = ("seed",)) -> list[Group]:
@@ -270,8 +334,9 @@ def write_report(sweep_dir: Path, over: Sequence[str] = ("seed",)) -> list[Group
         raise FileNotFoundError(
             f"no Hydra jobs (.hydra/overrides.yaml) below {sweep_dir}"
         )
-    groups = group_jobs(jobs, over)
-    write_tables(groups, sweep_dir)
+    unreadable = [job for job in jobs if job.status.startswith("unreadable")]
+    groups = group_jobs([job for job in jobs if job not in unreadable], over)
+    write_tables(groups, sweep_dir, unreadable)
     metrics = metric_names(groups)
     if metrics:
         plot_adaptation(groups, metrics[0], sweep_dir / "adaptation.png")
@@ -290,6 +355,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=[],
         help="override keys averaged over rather than grouped by, besides seed",
     )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the tables and figures to a W&B run (job_type=report) in "
+        "the sweep's group (offline unless WANDB_MODE says otherwise)",
+    )
+    parser.add_argument(
+        "--wandb-dashboard",
+        action="store_true",
+        help="build a saved W&B workspace view of the sweep's group (needs W&B "
+        "online and the `dashboard` extra)",
+    )
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"sweep_dir {args.sweep_dir} is not a directory")
@@ -300,6 +377,43 @@ def main(argv: Sequence[str] | None = None) -> None:
     jobs = sum(len(g.jobs) for g in groups)
     print(f"{jobs} jobs in {len(groups)} groups -> {args.sweep_dir / 'report.md'}")
     print((args.sweep_dir / "report.md").read_text())
+    if args.wandb:
+        run_id = log_to_wandb(args.sweep_dir, groups)
+        group = wandb_target(args.sweep_dir)[0]
+        print(f"report logged to W&B run {run_id} (group {group})")
+    if args.wandb_dashboard:
+        from metalearn import dashboard
+
+        try:
+            print(dashboard.build(args.sweep_dir, groups))
+        except dashboard.DashboardError as error:
+            parser.exit(2, f"{error}\n")
+
+
+def wandb_target(sweep_dir: Path) -> tuple[str, str, str | None, str]:
+    """(group, project, entity, mode) of a sweep's W&B runs, from its jobs'
+    configs (the group its jobs were logged in)."""
+    for path in sorted(sweep_dir.rglob(CONFIG_FILE)):
+        logger = (read_json(path) or {}).get("logger") or {}
+        if logger.get("name") == "wandb":
+            group = logger.get("group") or sweep_group(sweep_dir)
+            mode = wandb_mode(logger.get("mode"))
+            return group, logger.get("project", "metalearn"), logger.get("entity"), mode
+    return sweep_group(sweep_dir), "metalearn", None, wandb_mode(None)
+
+
+def log_to_wandb(sweep_dir: Path, groups: Sequence[Group]) -> str:
+    """The report's table and figures, to one W&B run in the sweep's group."""
+    group, project, entity, mode = wandb_target(sweep_dir)
+    header, rows = table_rows(groups)
+    images = {
+        name: sweep_dir / f"{name}.png"
+        for name in ("adaptation", "meta_loss")
+        if (sweep_dir / f"{name}.png").exists()
+    }
+    return log_report(
+        sweep_dir, group, project, entity, mode, {"comparison": (header, rows)}, images
+    )
 
 
 if __name__ == "__main__":

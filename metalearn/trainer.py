@@ -1,24 +1,26 @@
 """The compiled meta-training loop.
 
 One jitted call runs a whole window of meta-steps (`lax.fori_loop`), sampling each
-step's tasks on device from `fold_in(key, step)`. The window length is a traced
-argument, so windows of any length share one compiled program, and a step's tasks
-depend only on the run key and the step number, not on how steps are windowed. The
-host reads metrics once per window.
+step's tasks on device from `fold_in(key, step)` and the task family's data, which
+is an argument of the compiled program (never a constant inside it). The window
+length is a traced argument, so windows of any length share one compiled program,
+and a step's tasks depend only on the run key and the step number, not on how steps
+are windowed. The host reads metrics once per window.
 """
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from metalearn.algorithms import Algorithm
-from metalearn.algorithms.base import MetaParams
+from metalearn.algorithms.base import MetaParams, Metrics
+from metalearn.evaluation import EvaluationStopped
 from metalearn.models import ModelState
-from metalearn.tasks import TaskBatch, TaskFamily
+from metalearn.tasks import Data, TaskBatch, TaskFamily
 
 TASK_AXIS = "tasks"  # the device-mesh axis the task batch is split over
 
@@ -53,30 +55,30 @@ def init_train_state(
     )
 
 
+class SampleStepsFn(Protocol):
+    """`(run key, data, steps [S]) -> tasks` of those steps, leaves `[S, T, ...]`."""
+
+    def __call__(self, key: jax.Array, data: Data, steps: jax.Array) -> TaskBatch: ...
+
+
+class UpdateFn(Protocol):
+    """`(state, tasks [T, ...]) -> (next state, (meta-loss, metrics))`."""
+
+    def __call__(
+        self, state: TrainState, tasks: TaskBatch
+    ) -> tuple[TrainState, tuple[jax.Array, Metrics]]: ...
+
+
 class TrainStep(NamedTuple):
     """One meta-step, split into its two halves so a window can sample many steps'
-    tasks in one vectorised call. `step(state)` runs both halves."""
+    tasks in one vectorised call. `step(state, data)` runs both halves."""
 
-    # (run key, steps [S]) -> the tasks of those steps, stacked: leaves [S, tasks, ...]
-    sample_steps: Callable[[jax.Array, jax.Array], TaskBatch]
-    update: Callable[[TrainState, TaskBatch], tuple[TrainState, jax.Array]]
+    sample_steps: SampleStepsFn
+    update: UpdateFn
 
-    def __call__(self, state: TrainState) -> tuple[TrainState, jax.Array]:
-        tasks = self.sample_steps(state.key, state.step[None])
+    def __call__(self, state: TrainState, data: Data):
+        tasks = self.sample_steps(state.key, data, state.step[None])
         return self.update(state, jax.tree.map(lambda batch: batch[0], tasks))
-
-
-def flat_optimizer(
-    optimizer: optax.GradientTransformation,
-) -> optax.GradientTransformation:
-    """`optimizer` applied to all meta-parameters as one vector (`optax.flatten`).
-
-    Small networks have many small parameter arrays; one fused update instead of one
-    per array is a measurable share of a sinusoid meta-step on CPU. Right for every
-    element-wise optimiser (Adam, AdamW, SGD, RMSProp); a layer-wise one (LARS,
-    LAMB) would need the arrays kept apart.
-    """
-    return optax.flatten(optimizer)
 
 
 def make_train_step(
@@ -104,72 +106,95 @@ def make_train_step(
         sharding = jax.sharding.NamedSharding(mesh, spec)
         return jax.lax.with_sharding_constraint(tasks, sharding)
 
-    def sample(key: jax.Array, step: jax.Array) -> TaskBatch:
+    def sample(key: jax.Array, data: Data, step: jax.Array) -> TaskBatch:
         keys = jax.random.split(jax.random.fold_in(key, step), tasks_per_step)
-        return jax.vmap(lambda k: task.sample(k, num_support, num_query))(keys)
+        return jax.vmap(lambda k: task.sample(k, data, num_support, num_query))(keys)
 
-    def sample_steps(key: jax.Array, steps: jax.Array) -> TaskBatch:
-        return shard_tasks(jax.vmap(sample, in_axes=(None, 0))(key, steps), None)
+    def sample_steps(key: jax.Array, data: Data, steps: jax.Array) -> TaskBatch:
+        tasks = jax.vmap(sample, in_axes=(None, None, 0))(key, data, steps)
+        return shard_tasks(tasks, None)
 
-    def update(state: TrainState, tasks: TaskBatch) -> tuple[TrainState, jax.Array]:
+    def update(state: TrainState, tasks: TaskBatch):
         tasks = shard_tasks(tasks)
-        loss, grads, model_state = algorithm.meta_grad(
-            state.meta_params, state.model_state, tasks
+        result = algorithm.meta_grad(
+            state.meta_params, state.model_state, tasks, state.step
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
+        updates, opt_state = optimizer.update(
+            result.grads, state.opt_state, state.meta_params
+        )
         meta_params = optax.apply_updates(state.meta_params, updates)
         next_state = TrainState(
-            meta_params, model_state, opt_state, state.key, state.step + 1
+            meta_params, result.model_state, opt_state, state.key, state.step + 1
         )
-        return next_state, loss
+        return next_state, (result.loss, result.metrics)
 
     return TrainStep(sample_steps, update)
 
 
-def make_train_window(
-    train_step: TrainStep, sample_ahead: int = 100
-) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """Jitted `(state, num_steps) -> (state, metrics)` running `num_steps` steps.
+class TrainWindow(Protocol):
+    """The jitted `(state, data, num_steps) -> (state, metrics)` of a window."""
+
+    def __call__(
+        self, state: TrainState, data: Data, num_steps: jax.Array
+    ) -> tuple[TrainState, Metrics]: ...
+
+    def lower(self, state: TrainState, data: Data, num_steps: jax.Array) -> Any: ...
+
+
+def make_train_window(train_step: TrainStep, sample_ahead: int = 100) -> TrainWindow:
+    """Jitted `(state, data, num_steps) -> (state, metrics)` running `num_steps`
+    meta-steps on the task family's `data`.
 
     Tasks are sampled `sample_ahead` meta-steps at a time, in one vectorised call,
     then the steps run over them: the PRNG's fixed cost (on CPU, a loop per call)
     is paid once per `sample_ahead` steps, not every step. The numbers do not
     depend on it: each step's tasks still come from `fold_in(key, step)`.
 
-    `metrics["train/meta_loss"]` is the mean meta-loss over the window;
-    `metrics["finite"]` whether it and every meta-parameter are finite (one
-    reduction per window: the NaN guard costs nothing per step).
+    `metrics` hold the window means of `train/meta_loss` and of the algorithm's
+    query metrics (`train/<name>`), and `finite`: whether the meta-loss and every
+    meta-parameter are finite (one reduction per window: the NaN guard costs
+    nothing per step).
     """
 
-    def window(state: TrainState, num_steps: jax.Array):
+    def window(state: TrainState, data: Data, num_steps: jax.Array):
         def run_block(block, carry):
-            state, total = carry
+            state, totals = carry
             steps = state.step + jnp.arange(sample_ahead)
-            tasks = train_step.sample_steps(state.key, steps)
+            tasks = train_step.sample_steps(state.key, data, steps)
 
             def run_step(i, carry):
-                state, total = carry
-                state, loss = train_step.update(
+                state, totals = carry
+                state, values = train_step.update(
                     state, jax.tree.map(lambda batch: batch[i], tasks)
                 )
-                return state, total + loss
+                return state, jax.tree.map(jnp.add, totals, values)
 
             steps_in_block = jnp.minimum(sample_ahead, num_steps - block * sample_ahead)
-            return jax.lax.fori_loop(0, steps_in_block, run_step, (state, total))
+            return jax.lax.fori_loop(0, steps_in_block, run_step, (state, totals))
 
+        zeros = jax.tree.map(
+            lambda v: jnp.zeros(v.shape, jnp.float32),
+            jax.eval_shape(lambda: _step_values(train_step, state, data)),
+        )
         num_blocks = (num_steps + sample_ahead - 1) // sample_ahead
-        state, total = jax.lax.fori_loop(
-            0, num_blocks, run_block, (state, jnp.zeros((), jnp.float32))
+        state, (total, metric_totals) = jax.lax.fori_loop(
+            0, num_blocks, run_block, (state, zeros)
         )
         finite = jnp.isfinite(total) & jnp.all(
             jnp.array(
                 [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.meta_params)]
             )
         )
-        mean_loss = total / jnp.maximum(num_steps, 1)
-        return state, {"train/meta_loss": mean_loss, "finite": finite}
+        count = jnp.maximum(num_steps, 1)
+        metrics = {f"train/{k}": v / count for k, v in metric_totals.items()}
+        return state, {"train/meta_loss": total / count, **metrics, "finite": finite}
 
     return jax.jit(window, donate_argnums=0)
+
+
+def _step_values(train_step: TrainStep, state: TrainState, data: Data):
+    """The (meta-loss, metrics) one step returns (for their shapes)."""
+    return train_step(state, data)[1]
 
 
 class Schedule(NamedTuple):
@@ -181,14 +206,14 @@ class Schedule(NamedTuple):
     def due(self, step: int, every: int) -> bool:
         return step == self.num_steps or bool(every and step % every == 0)
 
-
-def window_ends(start: int, schedule: Schedule) -> list[int]:
-    """Steps where the host takes over: log, eval and checkpoint boundaries, the end."""
-    ends = {schedule.num_steps}
-    for every in (schedule.log_every, schedule.eval_every, schedule.checkpoint_every):
-        if every:
-            ends |= set(range(every, schedule.num_steps, every))
-    return sorted(end for end in ends if end > start)
+    def next_end(self, step: int) -> int:
+        """The first step after `step` where the host takes over: a log, eval or
+        checkpoint boundary, or the end."""
+        ends = [self.num_steps]
+        for every in (self.log_every, self.eval_every, self.checkpoint_every):
+            if every:
+                ends.append((step // every + 1) * every)
+        return min(ends)
 
 
 class NonFiniteError(RuntimeError):
@@ -199,58 +224,95 @@ class Preempted(RuntimeError):
     """Training stopped on request (a signal) after saving a checkpoint."""
 
 
+class FitResult(NamedTuple):
+    state: TrainState
+    summary: dict[str, Any]  # last window's metrics, last evaluation, perf/*
+    train_seconds: float  # training wall time, compilation and evaluation excluded
+
+
 def fit(
     state: TrainState,
-    train_window: Callable,
+    train_window: TrainWindow,
+    data: Data,
     schedule: Schedule,
     evaluate: Callable[[TrainState], Mapping[str, float]],
     on_metrics: Callable[[int, dict[str, Any]], None],
-    checkpoint: Callable[[TrainState], None] = lambda state: None,
+    checkpoint: Callable[[TrainState, float], None] = lambda state, seconds: None,
     should_stop: Callable[[], bool] = lambda: False,
-) -> tuple[TrainState, dict[str, Any]]:
+    time_limit: float | None = None,
+    check: Callable[[Any], None] = lambda compiled: None,
+) -> FitResult:
     """Runs training from `state.step` to `schedule.num_steps`.
 
-    Reports each window's metrics to `on_metrics`, evaluates every
-    `schedule.eval_every` steps and checkpoints every `schedule.checkpoint_every`
-    steps (both also at the end). Raises `NonFiniteError` on a non-finite
-    meta-loss or meta-parameter (the last checkpoint stays the last good one), and
-    `Preempted` after checkpointing when `should_stop()` turns true.
+    Reports each window's metrics to `on_metrics`, checkpoints every
+    `schedule.checkpoint_every` steps and evaluates every `schedule.eval_every`
+    steps, both also at the end, the checkpoint first (an evaluation that fails
+    loses no training). With a `time_limit` (seconds of training, not counting
+    compilation and evaluation), training ends early at the first window boundary
+    past it, then checkpoints and evaluates as at a normal end.
 
-    Returns the final state and the run summary: the last window's metrics, the last
-    evaluation, `perf/steps_per_s` over the whole run and `perf/compile_s`.
+    Raises `NonFiniteError` on a non-finite meta-loss or meta-parameter (nothing
+    non-finite is checkpointed), and `Preempted` after checkpointing when
+    `should_stop()` turns true or `evaluate` raises `EvaluationStopped`.
+    `checkpoint(state, train_seconds)` gets the training time so far, so a resumed
+    run can honour what is left of its time limit. `check(compiled window)` runs
+    before any training (e.g. to refuse a program that cannot fit in memory).
     """
     start = int(state.step)
-    if start >= schedule.num_steps:  # e.g. a finished run requeued: score it again
-        return state, dict(evaluate(state))
+    if start >= schedule.num_steps or (time_limit is not None and time_limit <= 0):
+        # e.g. a finished run requeued: score it again
+        return FitResult(state, dict(evaluate(state)), 0.0)
     compile_start = time.perf_counter()
-    compiled = train_window.lower(state, jnp.int32(1)).compile()
+    compiled = train_window.lower(state, data, jnp.int32(1)).compile()
     summary: dict[str, Any] = {"perf/compile_s": time.perf_counter() - compile_start}
-    done, train_seconds = start, 0.0
-    for end in window_ends(start, schedule):
+    check(compiled)
+    done, train_seconds, saved = start, 0.0, start if start else None
+    while done < schedule.num_steps:
+        end = schedule.next_end(done)
         window_start = time.perf_counter()
-        state, metrics = compiled(state, jnp.int32(end - done))
-        metrics = {
-            name: float(value) for name, value in jax.device_get(metrics).items()
-        }
+        state, metrics = compiled(state, data, jnp.int32(end - done))
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         seconds = time.perf_counter() - window_start
         if not metrics.pop("finite"):
-            raise NonFiniteError(
-                "the meta-loss or a meta-parameter became NaN or infinite between "
-                f"meta-steps {done} and {end} (window meta-loss "
-                f"{metrics['train/meta_loss']}); the last checkpoint is the last good "
-                "state. Try a lower outer.lr or inner.lr, or fewer inner.steps."
-            )
+            raise NonFiniteError(_non_finite_message(done, end, metrics, saved))
         metrics["perf/steps_per_s"] = (end - done) / seconds
         train_seconds, done = train_seconds + seconds, end
-        if schedule.due(end, schedule.eval_every):
-            metrics.update(evaluate(state))
+        out_of_time = time_limit is not None and train_seconds >= time_limit
+        last, stop = out_of_time or done == schedule.num_steps, should_stop()
+        if last or stop or schedule.due(end, schedule.checkpoint_every):
+            checkpoint(state, train_seconds)
+            saved = end
+        if stop and not last:
+            on_metrics(end, metrics)
+            raise Preempted(f"stopped at meta-step {end}; a checkpoint was saved")
+        if last or schedule.due(end, schedule.eval_every):
+            try:
+                metrics.update(evaluate(state))
+            except EvaluationStopped as error:
+                checkpoint(state, train_seconds)
+                raise Preempted(
+                    f"stopped at meta-step {end} during evaluation ({error}); a "
+                    "checkpoint was saved"
+                ) from None
         on_metrics(end, metrics)
         summary.update(metrics)
-        stop = should_stop()
-        if stop or schedule.due(end, schedule.checkpoint_every):
-            checkpoint(state)
-        if stop and end < schedule.num_steps:
-            raise Preempted(f"stopped at meta-step {end}; a checkpoint was saved")
-    if done > start:
-        summary["perf/steps_per_s"] = (done - start) / train_seconds
-    return state, summary
+        if out_of_time:
+            break
+    summary["perf/steps_per_s"] = (done - start) / train_seconds
+    return FitResult(state, summary, train_seconds)
+
+
+def _non_finite_message(
+    start: int, end: int, metrics: dict[str, float], saved: int | None
+) -> str:
+    where = (
+        f"the last checkpoint (meta-step {saved}) is the last good state saved"
+        if saved is not None
+        else "no checkpoint was saved before it"
+    )
+    return (
+        "the meta-loss or a meta-parameter became NaN or infinite between "
+        f"meta-steps {start} and {end} (window meta-loss "
+        f"{metrics['train/meta_loss']}); {where}. Try a lower outer.lr or "
+        "inner.lr, or fewer inner.steps."
+    )

@@ -16,9 +16,11 @@ from metalearn.algorithms import (
     make_sgd_baseline,
 )
 from metalearn.evaluation import make_evaluate
+from metalearn.metrics import mean_squared_error
 from metalearn.models import Model, make_mlp
+from metalearn.optimizers import flat_optimizer
 from metalearn.tasks import TaskBatch, TaskFamily
-from metalearn.tasks.sinusoid import make_sinusoid, mean_squared_error
+from metalearn.tasks.sinusoid import make_sinusoid
 from metalearn.trainer import init_train_state, make_train_step, make_train_window
 
 THETA, LR, C, D = 0.7, 0.1, 2.0, -1.0  # start, inner lr, support and query targets
@@ -32,6 +34,7 @@ def constant_model() -> Model:
             jnp.full((inputs.shape[0], 1), theta),
             state,
         ),
+        embed=lambda theta, state, inputs: jnp.ones((inputs.shape[0], 1)),
         head=lambda params: True,
     )
 
@@ -39,6 +42,7 @@ def constant_model() -> Model:
 QUADRATIC = TaskFamily(
     name="quadratic",
     sample=None,
+    data=(),
     loss=mean_squared_error,
     metrics={},
     input_shape=(1,),
@@ -95,20 +99,46 @@ def test_meta_gradient_on_a_quadratic_matches_closed_form(name, steps):
     factory, options, expected = CLOSED_FORMS[name]
     algorithm = factory(constant_model(), QUADRATIC, LR, steps, **options)
     meta_params, state = algorithm.init(jax.random.key(0))
-    _, grads, _ = algorithm.meta_grad(meta_params, state, ONE_TASK)
+    result = algorithm.meta_grad(meta_params, state, ONE_TASK)
     jax.tree.map(
         lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7),
-        grads,
+        result.grads,
         expected(steps),
     )
 
 
+@pytest.mark.parametrize("name", CLOSED_FORMS)
+def test_meta_gradient_reports_the_query_loss_and_keeps_the_model_state(name):
+    factory, options, _ = CLOSED_FORMS[name]
+    algorithm = factory(constant_model(), QUADRATIC, LR, 1, **options)
+    meta_params, state = algorithm.init(jax.random.key(0))
+    result = algorithm.meta_grad(meta_params, state, ONE_TASK)
+    assert result._fields == ("loss", "grads", "model_state", "metrics")
+    assert result.model_state == {} and result.metrics == {}
+    query_loss = {  # the loss each algorithm reports (its own objective)
+        "pretrained": (3 * (THETA - C) ** 2 + 2 * (THETA - D) ** 2) / 5,
+        "sgd": (THETA - D) ** 2,
+    }.get(name, (adapted(1) - D) ** 2)
+    assert float(result.loss) == pytest.approx(query_loss, rel=1e-5)
+
+
+def test_algorithm_names_are_the_registry_and_fomaml():
+    assert list(ALGORITHMS) == [
+        "anil", "maml", "metasgd", "pretrained", "reptile", "sgd"
+    ]  # fmt: skip
+    family = make_sinusoid().train
+    model = make_mlp(family.input_shape, 1, hidden_sizes=(4,))
+    assert make_maml(model, family, 0.1, 1, first_order=True).name == "fomaml"
+    for name in ALGORITHMS:
+        assert ALGORITHMS.create(name, model, family, 0.1, 1).name == name
+
+
 def test_anil_adapts_the_head_and_leaves_the_body_untouched():
-    task = make_sinusoid()
-    model = make_mlp([8, 8], 1)
-    anil = make_anil(model, task, inner_lr=0.1, inner_steps=1)
+    family = make_sinusoid().train
+    model = make_mlp(family.input_shape, 1, hidden_sizes=(8, 8))
+    anil = make_anil(model, family, inner_lr=0.1, inner_steps=1)
     params, state = anil.init(jax.random.key(0))
-    batch = task.sample(jax.random.key(1), 10, 10)
+    batch = family.sample(jax.random.key(1), family.data, 10, 10)
     new_params, _ = anil.adapt_step(
         params, params, state, batch.support_inputs, batch.support_targets
     )
@@ -119,44 +149,45 @@ def test_anil_adapts_the_head_and_leaves_the_body_untouched():
 
 
 def test_sgd_baseline_ignores_meta_training():
-    task = make_sinusoid(amp_max=0.5)
-    model = make_mlp([16], 1)
-    sgd = make_sgd_baseline(model, task, inner_lr=0.01, inner_steps=1)
-    optimizer = optax.adam(0.01)
+    tasks = make_sinusoid(amp_max=0.5)
+    family = tasks.train
+    model = make_mlp(family.input_shape, 1, hidden_sizes=(16,))
+    sgd = make_sgd_baseline(model, family, inner_lr=0.01, inner_steps=1)
+    optimizer = flat_optimizer(optax.adam(0.01))
     start = init_train_state(sgd, optimizer, jax.random.key(0))
-    window = make_train_window(make_train_step(sgd, task, optimizer, 4, 10, 10))
-    trained, _ = window(jax.tree.map(jnp.copy, start), jnp.int32(20))
+    window = make_train_window(make_train_step(sgd, family, optimizer, 4, 10, 10))
+    trained, _ = window(jax.tree.map(jnp.copy, start), family.data, jnp.int32(20))
     jax.tree.map(np.testing.assert_array_equal, start.meta_params, trained.meta_params)
 
     evaluate = make_evaluate(
-        sgd, task, num_tasks=50, num_support=10, num_query=20, num_steps=20
+        sgd, tasks.test, num_tasks=50, num_support=10, num_query=20, num_steps=20
     )
     other_meta_params = jax.tree.map(lambda p: p + 1.0, start.meta_params)
     keys = jax.random.key(2), jax.random.key(3)
-    means, *_ = evaluate(start.meta_params, start.model_state, *keys)
-    others, *_ = evaluate(other_meta_params, start.model_state, *keys)
-    reseeded, *_ = evaluate(start.meta_params, start.model_state, keys[0], keys[0])
+    means = evaluate(start.meta_params, start.model_state, (), *keys).means
+    others = evaluate(other_meta_params, start.model_state, (), *keys).means
+    reseeded = evaluate(start.meta_params, start.model_state, (), keys[0], keys[0])
     np.testing.assert_array_equal(means["mse"], others["mse"])
-    assert not np.allclose(
-        means["mse"][1:], reseeded["mse"][1:]
-    )  # fresh weights differ
+    # fresh weights differ with the adaptation key
+    assert not np.allclose(means["mse"][1:], reseeded.means["mse"][1:])
     assert means["mse"][20] < 0.5 * means["mse"][0]  # SGD on the support set helps
 
 
 @pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "sgd"])
 def test_every_algorithm_trains_a_few_steps_and_lowers_its_loss(name):
-    task = make_sinusoid(amp_max=0.5)
-    model = make_mlp([32, 32], 1)
-    algorithm = ALGORITHMS[name](model, task, inner_lr=0.1, inner_steps=1)
-    optimizer = optax.adam(3e-3)
-    window = make_train_window(make_train_step(algorithm, task, optimizer, 8, 10, 10))
+    family = make_sinusoid(amp_max=0.5).train
+    model = make_mlp(family.input_shape, 1, hidden_sizes=(32, 32))
+    algorithm = ALGORITHMS[name](model, family, inner_lr=0.1, inner_steps=1)
+    optimizer = flat_optimizer(optax.adam(3e-3))
+    step = make_train_step(algorithm, family, optimizer, 8, 10, 10)
+    window = make_train_window(step)
     state = init_train_state(algorithm, optimizer, jax.random.key(0))
-    held_out = jax.vmap(lambda k: task.sample(k, 10, 10))(
+    held_out = jax.vmap(lambda k: family.sample(k, family.data, 10, 10))(
         jax.random.split(jax.random.key(99), 256)
     )
     meta_loss = jax.jit(
-        lambda s: algorithm.meta_grad(s.meta_params, s.model_state, held_out)[0]
+        lambda s: algorithm.meta_grad(s.meta_params, s.model_state, held_out).loss
     )
     before = float(meta_loss(state))
-    state, _ = window(state, jnp.int32(300))
+    state, _ = window(state, family.data, jnp.int32(300))
     assert float(meta_loss(state)) < 0.85 * before

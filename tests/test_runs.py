@@ -1,18 +1,31 @@
 """Whole runs: outputs on disk, W&B offline files read back, the multirun command."""
 
-import importlib.util
 import json
-import sys
 from itertools import product
 
 import pytest
-from conftest import QUICK, REPO
-from wandb_offline import find_runs, read_run
+from helpers import (
+    QUICK,
+    compose_config,
+    read_json,
+    read_runs,
+    train_main,
+    without_timing,
+)
 
 from metalearn.experiment import run
+from metalearn.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
+)
 
 SUMMARY_KEYS = {
     "train/meta_loss",
+    "train/steps",
+    "train/seconds",
     "perf/steps_per_s",
     "perf/compile_s",
     "objective",
@@ -24,27 +37,22 @@ SUMMARY_KEYS = {
 }
 
 
-def load_train_py():
-    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_a_run_writes_summary_history_and_a_wandb_run(tmp_path):
+    summary = run(compose_config(QUICK), tmp_path, group="g", name="quick")
 
-
-def test_a_run_writes_summary_history_and_a_wandb_run(make_config, tmp_path):
-    cfg = make_config(QUICK)
-    summary = run(cfg, tmp_path, group="g", name="quick")
-
-    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    on_disk = read_json(tmp_path / SUMMARY_FILE)
     assert set(on_disk) == SUMMARY_KEYS
     assert on_disk == pytest.approx(summary)
-    history = [json.loads(line) for line in (tmp_path / "history.jsonl").open()]
+    assert summary["train/steps"] == 40 and summary["train/seconds"] > 0
+    assert summary["objective"] == summary["eval/mse@step10"]  # the default objective
+    history = [json.loads(line) for line in (tmp_path / HISTORY_FILE).open()]
     assert [row["step"] for row in history] == [10, 20, 30, 40]
     assert "eval/mse@step1" in history[1] and "eval/mse@step1" not in history[0]
     assert all(row["train/meta_loss"] > 0 for row in history)
+    assert read_json(tmp_path / STATUS_FILE)["state"] == "finished"
+    assert read_json(tmp_path / CONFIG_FILE)["outer"]["steps"] == 40
 
-    (path,) = find_runs(tmp_path)
-    wandb_run = read_run(path)
+    (wandb_run,) = read_runs(tmp_path)
     assert (wandb_run.group, wandb_run.name, wandb_run.job_type) == (
         "g",
         "quick",
@@ -54,36 +62,32 @@ def test_a_run_writes_summary_history_and_a_wandb_run(make_config, tmp_path):
     assert wandb_run.config["inner"] == {"lr": 0.1, "steps": 1, "k": 20}
     assert wandb_run.config["outer"]["steps"] == 40
     assert [row["_step"] for row in wandb_run.history] == [10, 20, 30, 40]
-    for key in ("eval/mse@step0", "eval/mse@step1", "eval/mse@step10"):
+    for key in ("eval/mse@step0", "eval/mse@step1", "eval/mse@step10", "objective"):
         assert wandb_run.summary[key] == pytest.approx(summary[key])
 
 
-def test_logger_none_writes_local_files_only(make_config, tmp_path):
-    run(make_config([*QUICK, "logger=none"]), tmp_path)
-    assert (tmp_path / "summary.json").exists()
-    assert not (tmp_path / "wandb").exists()
-
-
-def test_same_seed_same_numbers_and_another_seed_differs(make_config, tmp_path):
+def test_logger_none_writes_local_files_only_and_same_seed_same_numbers(tmp_path):
     def numbers(seed, where):
-        run(make_config([*QUICK, "logger=none", f"seed={seed}"]), where)
-        summary = json.loads((where / "summary.json").read_text())
-        return {k: v for k, v in summary.items() if not k.startswith("perf/")}
+        run(compose_config([*QUICK, "logger=none", f"seed={seed}"]), where)
+        assert (where / SUMMARY_FILE).exists() and (where / CHECKPOINT_DIR).is_dir()
+        assert not (where / "wandb").exists()
+        return without_timing(read_json(where / SUMMARY_FILE))
 
     first = numbers(0, tmp_path / "a")
     assert numbers(0, tmp_path / "b") == first
     assert numbers(1, tmp_path / "c") != first
 
 
-def test_the_multirun_command_makes_four_wandb_runs_in_one_group(monkeypatch, tmp_path):
-    train = load_train_py()
+def test_the_multirun_command_makes_four_wandb_runs_in_one_group(tmp_path):
+    # the README's used-by command: python train.py -m inner.lr=0.01,0.1 outer.batch=1,4
     sweep_dir = tmp_path / "multirun" / "2026-11-26" / "12-00-00.000001"
-    argv = ["train.py", "-m", "inner.lr=0.01,0.1", "outer.batch=1,4", *QUICK]
-    argv += [f"hydra.sweep.dir={sweep_dir}", "hydra/job_logging=disabled"]
-    monkeypatch.setattr(sys, "argv", argv)
-    train.main()
+    code = train_main(
+        "-m", "inner.lr=0.01,0.1", "outer.batch=1,4", *QUICK,
+        f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert code == 0
 
-    runs = [read_run(path) for path in find_runs(sweep_dir)]
+    runs = read_runs(sweep_dir)
     assert len(runs) == 4 and len({r.run_id for r in runs}) == 4
     assert {r.group for r in runs} == {"2026-11-26_12-00-00.000001"}
     pairs = {(r.config["inner"]["lr"], r.config["outer"]["batch"]) for r in runs}
@@ -94,4 +98,39 @@ def test_the_multirun_command_makes_four_wandb_runs_in_one_group(monkeypatch, tm
         assert [row["_step"] for row in r.history] == [10, 20, 30, 40]
         assert r.summary["eval/mse@step1"] > 0
     for job in range(4):
-        assert (sweep_dir / str(job) / "summary.json").exists()
+        assert read_json(sweep_dir / str(job) / STATUS_FILE)["state"] == "finished"
+        assert (sweep_dir / str(job) / ".hydra" / "overrides.yaml").exists()
+
+
+def test_train_py_in_a_fresh_interpreter_runs_to_a_finished_wandb_run(finished_run):
+    run_dir, result = finished_run  # python train.py <QUICK> eval.figures=true
+    assert "Traceback" not in result.stderr
+    assert "Finished 40 meta-steps." in result.stdout  # the summary for its user
+    assert read_json(run_dir / STATUS_FILE)["state"] == "finished"
+    summary = read_json(run_dir / SUMMARY_FILE)
+    assert set(summary) == SUMMARY_KEYS
+    (wandb_run,) = read_runs(run_dir)
+    assert wandb_run.exit_code == 0 and wandb_run.group == ""
+    assert wandb_run.summary["objective"] == pytest.approx(summary["objective"])
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert len(list((run_dir / "figures").glob("*.png"))) == 2  # one per evaluation
+    drawn = [r["_step"] for r in wandb_run.history if "figures/predictions/_type" in r]
+    assert drawn == [20, 40]
+
+
+def test_a_time_budget_ends_training_early_and_a_resume_honours_what_is_left(
+    tmp_path,
+):
+    budget = [*QUICK, "logger=none", "outer.steps=1000000", "train.log_every=500"]
+    budget += ["eval.every=0", "checkpoint.every=0", "train.max_minutes=0.002"]
+    assert train_main(*budget, f"hydra.run.dir={tmp_path}") == 0
+    summary = read_json(tmp_path / "summary.json")
+    done = summary["train/steps"]
+    assert 500 <= done < 1000000 and summary["train/seconds"] >= 0.12
+    assert "eval/mse@step10" in summary  # evaluated as at a normal end
+    assert read_json(tmp_path / "status.json")["state"] == "finished"
+    # the budget is spent: a resume only re-scores; a larger budget trains on
+    assert train_main(f"resume={tmp_path}") == 0
+    assert read_json(tmp_path / "summary.json")["train/steps"] == done
+    assert train_main(f"resume={tmp_path}", "train.max_minutes=0.01") == 0
+    assert read_json(tmp_path / "summary.json")["train/steps"] > done

@@ -1,16 +1,18 @@
-"""The comparison sweep, the local report, and sweeps through Hydra's plugins."""
+"""The local report, the named sweeps (`sweep=<name>`) and sweeps through Hydra's
+launcher and sweeper plugins."""
 
+import csv
 import json
 import math
-import sys
+import statistics
 
 import pytest
 import yaml
-from conftest import QUICK, REPO
-from test_runs import load_train_py
-from wandb_offline import find_runs, read_run
+from helpers import QUICK, compose_config, options, read_json, read_runs, train_main
 
 from metalearn import report
+from metalearn.config import typed
+from metalearn.rundir import SUMMARY_FILE
 
 
 def fake_job(root, number, overrides, summary=None, status=None, history=()):
@@ -25,6 +27,7 @@ def fake_job(root, number, overrides, summary=None, status=None, history=()):
         for row in history:
             f.write(json.dumps(row) + "\n")
         f.write('{"step": 9')  # a line cut short by a killed job
+    return job
 
 
 def scores(step1, steps_per_s=100.0):
@@ -33,6 +36,9 @@ def scores(step1, steps_per_s=100.0):
         "eval/mse@step1": step1,
         "perf/steps_per_s": steps_per_s,
     }
+
+
+# --- the report -----------------------------------------------------------------
 
 
 def test_report_averages_over_seeds_and_marks_failed_and_unfinished_jobs(tmp_path):
@@ -54,8 +60,7 @@ def test_report_averages_over_seeds_and_marks_failed_and_unfinished_jobs(tmp_pat
 
     report.main([str(tmp_path)])
 
-    rows = list(__import__("csv").reader((tmp_path / "report.csv").open()))
-    header, maml, sgd = rows
+    header, maml, sgd = list(csv.reader((tmp_path / "report.csv").open()))
     assert header[:3] == ["algo", "jobs", "status"]
     assert maml[:3] == ["maml", "3/3", "ok"]
     # mean 0.2, CI = t(2) * std / sqrt(3) = 4.303 * 0.1 / sqrt(3)
@@ -88,11 +93,39 @@ def test_report_trusts_status_over_a_stale_summary_and_adds_over_keys(tmp_path):
     assert [j.status for j in groups[0].jobs] == ["finished"] * 3 + ["unfinished"]
 
 
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda job: (job / SUMMARY_FILE).write_text("{not json"), "unreadable: "),
+        (
+            lambda job: (job / ".hydra" / "overrides.yaml").write_text("[a: b"),
+            "unreadable: ",
+        ),
+        (
+            lambda job: (job / "status.json").write_text('{"state": "dancing"}'),
+            "unreadable: bad status.json",
+        ),
+    ],
+    ids=["summary", "overrides", "status"],
+)
+def test_report_lists_an_unreadable_job_and_reports_the_rest(tmp_path, damage, reason):
+    for seed in (0, 1):
+        fake_job(tmp_path, seed, ["algo=maml", f"seed={seed}"], scores(0.2))
+    damage(fake_job(tmp_path, 2, ["algo=sgd", "seed=0"], scores(0.5)))
+
+    groups = report.write_report(tmp_path)
+    jobs = {job.path.name: job for group in groups for job in group.jobs}
+    assert set(jobs) == {"0", "1"} and len(groups[0].finished) == 2
+    text = (tmp_path / "report.md").read_text()
+    assert "Jobs that could not be read (1):" in text
+    (line,) = [line for line in text.splitlines() if line.startswith("- `")]
+    assert line.startswith(f"- `{tmp_path / '2'}`: {reason}")
+
+
 def test_ci_uses_a_t_quantile_no_smaller_than_the_true_one():
     values = [float(i) for i in range(12)]  # 11 degrees of freedom: t = 2.201
     _, ci = report.mean_ci(values)
-    std = __import__("statistics").stdev(values)
-    assert ci >= 2.201 * std / math.sqrt(12)
+    assert ci >= 2.201 * statistics.stdev(values) / math.sqrt(12)
 
 
 def test_report_refuses_a_dir_without_jobs(tmp_path, capsys):
@@ -101,32 +134,58 @@ def test_report_refuses_a_dir_without_jobs(tmp_path, capsys):
     assert "no Hydra jobs" in capsys.readouterr().err
 
 
-def run_train(monkeypatch, argv):
-    monkeypatch.setattr(sys, "argv", ["train.py", *argv, "hydra/job_logging=disabled"])
-    load_train_py().main()
+# --- named sweeps ---------------------------------------------------------------
 
 
-def test_the_comparison_sweep_runs_and_reports(monkeypatch, tmp_path):
+def first_job(sweep: str) -> list[str]:
+    """The overrides of a named sweep's first job (a grid's first values)."""
+    hydra = compose_config([f"sweep={sweep}"], return_hydra_config=True).hydra
+    params = hydra.sweeper.params or {}
+    return [
+        f"{key}={str(value).split(',')[0]}"
+        for key, value in params.items()
+        if "(" not in str(value)  # an Optuna search space, not a grid
+    ]
+
+
+@pytest.mark.parametrize("sweep", options("sweep"))
+def test_every_named_sweep_composes_and_its_first_job_is_a_valid_config(sweep):
+    overrides = [f"sweep={sweep}", *first_job(sweep)]
+    config = typed(compose_config(overrides))
+    hydra = compose_config(overrides, return_hydra_config=True).hydra
+    assert f"multirun/{sweep}/" in hydra.sweep.dir
+    assert config.outer.steps >= 1
+
+
+@pytest.mark.parametrize(
+    "overrides, direction",
+    [
+        ([], "minimize"),
+        (["experiment=maml_paper_sinusoid"], "minimize"),
+        (["task=omniglot"], "maximize"),
+        (["task=omniglot", "eval.objective=loss@step5"], "minimize"),
+    ],
+)
+def test_tune_lrs_is_an_optuna_search_in_the_objectives_direction(overrides, direction):
+    cfg = compose_config(["sweep=tune_lrs", *overrides], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == direction
+    assert set(sweeper.params) == {"inner.lr", "outer.lr"}
+
+
+@pytest.mark.slow
+def test_the_comparison_sweep_runs_and_reports(tmp_path):
     sweep = tmp_path / "compare"
-    run_train(
-        monkeypatch,
-        [
-            "-m",
-            "--config-dir",
-            str(REPO / "sweeps"),
-            "--config-name",
-            "compare",
-            "experiment=tutorial",
-            "variant=maml_b4,sgd",
-            "seed=0,1",
-            *QUICK,
-            "outer.steps=20",
-            f"hydra.sweep.dir={sweep}",
-        ],
-    )
-    runs = [read_run(path) for path in find_runs(sweep)]
+    code = train_main(
+        "-m", "sweep=compare", "experiment=tutorial", "variant=maml_b4,sgd",
+        "seed=0,1", *QUICK, "outer.steps=20", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert code == 0
+    runs = read_runs(sweep)
     assert sorted(r.job_type for r in runs) == ["maml", "maml", "sgd", "sgd"]
     assert len({r.group for r in runs}) == 1
+    assert {r.config["outer"]["steps"] for r in runs} == {20}  # the command line wins
 
     groups = report.write_report(sweep)
     assert [g.label for g in groups] == [{"variant": "maml_b4"}, {"variant": "sgd"}]
@@ -136,58 +195,57 @@ def test_the_comparison_sweep_runs_and_reports(monkeypatch, tmp_path):
     assert (sweep / "report.md").exists() and (sweep / "adaptation.png").exists()
 
 
+# --- Hydra's plugins ------------------------------------------------------------
+
+
 def objectives(sweep_dir):
     return [
-        json.loads(path.read_text())["objective"]
+        read_json(path)["objective"]
         for path in sorted(sweep_dir.glob("*/summary.json"))
     ]
 
 
-def test_joblib_launcher_runs_jobs_in_two_processes(monkeypatch, tmp_path):
-    sweep = tmp_path / "joblib"
-    run_train(
-        monkeypatch,
-        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "inner.lr=0.01,0.1"]
-        + [*QUICK, "logger=none", f"hydra.sweep.dir={sweep}"],
-    )
-    assert len(objectives(sweep)) == 2
-
-
-def test_submitit_local_launcher_runs_a_job(monkeypatch, tmp_path):
-    sweep = tmp_path / "submitit"
-    run_train(
-        monkeypatch,
-        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]
-        + ["seed=0", *QUICK, "logger=none", f"hydra.sweep.dir={sweep}"],
-    )
-    assert len(objectives(sweep)) == 1
-    assert (sweep / ".submitit").is_dir()
-
-
-def test_submitit_slurm_launcher_config_composes(make_config):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"],
-            return_hydra_config=True,
-        )
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.partition == "gpu" and launcher.timeout_min > 0
-
-
-def test_optuna_sweep_minimises_the_returned_objective(monkeypatch, tmp_path):
+@pytest.mark.slow
+def test_optuna_sweep_minimises_the_returned_objective(tmp_path):
     sweep = tmp_path / "optuna"
-    run_train(
-        monkeypatch,
-        ["-m", "--config-dir", str(REPO / "sweeps"), "--config-name", "tune_lrs"]
-        + ["hydra.sweeper.n_trials=3", *QUICK, "logger=none"]
-        + [f"hydra.sweep.dir={sweep}"],
-    )
+    code = train_main(
+        "-m", "sweep=tune_lrs", "hydra.sweeper.n_trials=2", *QUICK, "logger=none",
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert code == 0
     values = objectives(sweep)
-    assert len(values) == 3
+    assert len(values) == 2
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(min(values))
     assert set(results["best_params"]) == {"inner.lr", "outer.lr"}
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_two_processes(tmp_path):
+    sweep = tmp_path / "joblib"
+    code = train_main(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "inner.lr=0.01,0.1",
+        *QUICK, "logger=none", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert code == 0 and len(objectives(sweep)) == 2
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_job(tmp_path):
+    sweep = tmp_path / "submitit"
+    code = train_main(
+        "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+        "seed=0", *QUICK, "logger=none", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert code == 0 and len(objectives(sweep)) == 1
+    assert (sweep / ".submitit").is_dir()
+
+
+def test_submitit_slurm_launcher_config_composes():
+    cfg = compose_config(
+        ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"],
+        return_hydra_config=True,
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.timeout_min > 0

@@ -8,46 +8,53 @@ import pytest
 
 from metalearn.algorithms import make_maml
 from metalearn.models import make_mlp
+from metalearn.optimizers import flat_optimizer
 from metalearn.tasks.sinusoid import make_sinusoid
 from metalearn.trainer import (
     Schedule,
+    TrainStep,
     init_train_state,
     make_train_step,
     make_train_window,
-    window_ends,
 )
 
-TASK = make_sinusoid(amp_max=0.5)
-MODEL = make_mlp([16, 16], 1)
+FAMILY = make_sinusoid(amp_max=0.5).train
+MODEL = make_mlp(FAMILY.input_shape, 1, hidden_sizes=(16, 16))
 
 
 def make_parts(first_order=False, batch=4):
-    maml = make_maml(MODEL, TASK, inner_lr=0.1, inner_steps=2, first_order=first_order)
-    optimizer = optax.adam(1e-3)
-    step = make_train_step(maml, TASK, optimizer, batch, num_support=10, num_query=10)
+    maml = make_maml(MODEL, FAMILY, 0.1, 2, first_order=first_order)
+    optimizer = flat_optimizer(optax.adam(1e-3))
+    step = make_train_step(maml, FAMILY, optimizer, batch, num_support=10, num_query=10)
     return maml, optimizer, step
+
+
+def copy(state):
+    return jax.tree.map(jnp.copy, state)  # windows donate their input state
 
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_batched_meta_gradient_equals_the_mean_of_per_task_gradients(first_order):
     maml, _, _ = make_parts(first_order)
     params, state = maml.init(jax.random.key(0))
-    tasks = jax.vmap(lambda k: TASK.sample(k, 10, 10))(
+    tasks = jax.vmap(lambda k: FAMILY.sample(k, (), 10, 10))(
         jax.random.split(jax.random.key(1), 5)
     )
     meta_grad = jax.jit(maml.meta_grad)
-    loss, grads, _ = meta_grad(params, state, tasks)
+    batched = meta_grad(params, state, tasks)
     looped = [
         meta_grad(params, state, jax.tree.map(lambda a, i=i: a[i : i + 1], tasks))
         for i in range(5)
     ]
-    np.testing.assert_allclose(loss, np.mean([lo for lo, _, _ in looped]), rtol=1e-5)
+    np.testing.assert_allclose(
+        batched.loss, np.mean([one.loss for one in looped]), rtol=1e-5
+    )
     mean_grads = jax.tree.map(
-        lambda *g: jnp.mean(jnp.stack(g), 0), *[g for _, g, _ in looped]
+        lambda *g: jnp.mean(jnp.stack(g), 0), *[one.grads for one in looped]
     )
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-        grads,
+        batched.grads,
         mean_grads,
     )
 
@@ -62,13 +69,14 @@ def test_windows_of_any_length_give_identical_results_and_compile_once():
 
     window = make_train_window(step._replace(update=counted_update), sample_ahead=4)
     start = init_train_state(maml, optimizer, jax.random.key(0))
-    copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731 (windows donate input)
 
-    whole, _ = window(copy(start), jnp.int32(12))
+    whole, _ = window(copy(start), (), jnp.int32(12))
+    traced_once = len(traces)  # the window's one trace (and its metric shapes')
     parts = copy(start)
     for length in (5, 4, 3):
-        parts, metrics = window(parts, jnp.int32(length))
-    assert len(traces) == 1
+        parts, metrics = window(parts, (), jnp.int32(length))
+    assert traced_once > 0 and len(traces) == traced_once
+    assert window._cache_size() == 1
     assert int(whole.step) == int(parts.step) == 12
     jax.tree.map(np.testing.assert_array_equal, whole.meta_params, parts.meta_params)
 
@@ -76,28 +84,58 @@ def test_windows_of_any_length_give_identical_results_and_compile_once():
 def test_window_matches_a_python_loop_of_steps():
     maml, optimizer, step = make_parts()
     start = init_train_state(maml, optimizer, jax.random.key(0))
-    looped, losses = start, []
-    jitted_step = jax.jit(lambda state: step(state))
+    looped, losses = copy(start), []
+    jitted_step = jax.jit(lambda state: step(state, ()))
     for _ in range(6):
-        looped, loss = jitted_step(looped)
+        looped, (loss, _) = jitted_step(looped)
         losses.append(loss)
-    windowed, metrics = make_train_window(step)(start, jnp.int32(6))
+    windowed, metrics = make_train_window(step)(start, (), jnp.int32(6))
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
         looped.meta_params,
         windowed.meta_params,
     )
     assert float(metrics["train/meta_loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
+    assert bool(metrics["finite"])
+
+
+def test_a_step_is_sampling_then_update_and_its_tasks_depend_on_the_step_alone():
+    maml, optimizer, step = make_parts()
+    assert isinstance(step, TrainStep)
+    state = init_train_state(maml, optimizer, jax.random.key(0))
+    block = step.sample_steps(state.key, (), jnp.arange(3))
+    assert block.support_inputs.shape == (3, 4, 10, 1)  # [steps, tasks, K, 1]
+    one = step.sample_steps(state.key, (), jnp.array([2]))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[2], b[0]), block, one)
 
 
 def test_training_lowers_the_meta_loss():
     maml, optimizer, step = make_parts()
     window = make_train_window(step)
     state = init_train_state(maml, optimizer, jax.random.key(0))
-    state, first = window(state, jnp.int32(50))
+    state, first = window(state, (), jnp.int32(50))
     for _ in range(5):
-        state, last = window(state, jnp.int32(50))
+        state, last = window(state, (), jnp.int32(50))
     assert float(last["train/meta_loss"]) < 0.5 * float(first["train/meta_loss"])
+
+
+def test_sampling_tasks_ahead_changes_no_number():
+    maml, optimizer, step = make_parts()
+    start = init_train_state(maml, optimizer, jax.random.key(0))
+    one_at_a_time, _ = make_train_window(step, sample_ahead=1)(copy(start), (), 10)
+    ahead, _ = make_train_window(step, sample_ahead=4)(copy(start), (), 10)
+    jax.tree.map(
+        np.testing.assert_array_equal, one_at_a_time.meta_params, ahead.meta_params
+    )
+
+
+def window_ends(start: int, schedule: Schedule) -> list[int]:
+    """Where the host takes over, from `start` to the end."""
+    ends = []
+    while start < schedule.num_steps:
+        start = schedule.next_end(start)
+        ends.append(start)
+    return ends
 
 
 @pytest.mark.parametrize(
@@ -108,18 +146,23 @@ def test_training_lowers_the_meta_loss():
         (5, Schedule(10, 4, 5), [8, 10]),
         (0, Schedule(3, 100, 1000), [3]),
         (0, Schedule(10, 100, 0, 4), [4, 8, 10]),
+        (7, Schedule(12, 4), [8, 12]),  # a resume mid-window rejoins the grid
+        (6, Schedule(20, 10, 0, 4), [8, 10, 12, 16, 20]),
     ],
 )
-def test_windows_end_at_log_and_eval_boundaries(start, schedule, expected):
+def test_windows_end_at_log_eval_and_checkpoint_boundaries(start, schedule, expected):
     assert window_ends(start, schedule) == expected
 
 
-def test_sampling_tasks_ahead_changes_no_number():
-    maml, optimizer, step = make_parts()
-    start = init_train_state(maml, optimizer, jax.random.key(0))
-    copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731 (windows donate input)
-    one_at_a_time, _ = make_train_window(step, sample_ahead=1)(copy(start), 10)
-    ahead, _ = make_train_window(step, sample_ahead=4)(copy(start), 10)
-    jax.tree.map(
-        np.testing.assert_array_equal, one_at_a_time.meta_params, ahead.meta_params
-    )
+def test_the_next_window_end_costs_the_same_for_any_number_of_steps():
+    huge = Schedule(2**31 - 1, 100, 5000, 7)  # nothing is listed up front
+    assert huge.next_end(0) == 7 and huge.next_end(4999) == 5000
+    assert huge.next_end(5000) == 5005 and huge.next_end(2**31 - 2) == 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    "step, every, due",
+    [(10, 5, True), (12, 5, False), (20, 0, True), (12, 0, False)],
+)
+def test_a_boundary_is_due_on_its_grid_and_always_at_the_end(step, every, due):
+    assert Schedule(20, 4).due(step, every) is due

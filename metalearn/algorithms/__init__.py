@@ -1,29 +1,29 @@
 """Meta-learning algorithms, one per module, all returning an `Algorithm`.
 
-Every factory has the signature `make_<algo>(model, task, inner_lr, inner_steps,
-**options)`; `ALGORITHMS` maps the config's `algo.name` to it.
+Every module here registers its factory in `ALGORITHMS` (signature
+`make_<algo>(model, task, inner_lr, inner_steps, *, options)`); importing this
+package imports them all.
 """
 
-from metalearn.algorithms.anil import make_anil
-from metalearn.algorithms.base import Algorithm
-from metalearn.algorithms.maml import make_maml
-from metalearn.algorithms.metasgd import make_metasgd
-from metalearn.algorithms.pretrained import make_pretrained
-from metalearn.algorithms.reptile import make_reptile
-from metalearn.algorithms.sgd import make_sgd_baseline
+import importlib
+import pkgutil
 
-ALGORITHMS = {
-    "maml": make_maml,
-    "reptile": make_reptile,
-    "metasgd": make_metasgd,
-    "anil": make_anil,
-    "sgd": make_sgd_baseline,
-    "pretrained": make_pretrained,
-}
+from metalearn.algorithms.base import ALGORITHMS, Algorithm, MetaGradient
+
+for _module in pkgutil.iter_modules(__path__):  # each algorithm registers itself
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from metalearn.algorithms.anil import make_anil  # noqa: E402
+from metalearn.algorithms.maml import make_maml  # noqa: E402
+from metalearn.algorithms.metasgd import make_metasgd  # noqa: E402
+from metalearn.algorithms.pretrained import make_pretrained  # noqa: E402
+from metalearn.algorithms.reptile import make_reptile  # noqa: E402
+from metalearn.algorithms.sgd import make_sgd_baseline  # noqa: E402
 
 __all__ = [
     "ALGORITHMS",
     "Algorithm",
+    "MetaGradient",
     "make_anil",
     "make_maml",
     "make_metasgd",

@@ -1,22 +1,72 @@
 """The one interface every meta-learning algorithm implements.
 
 Like optax's `GradientTransformation`, an algorithm is a `NamedTuple` of pure
-functions built by a `make_<algo>(...)` factory. The trainer only calls `init` and
-`meta_grad`; the evaluation protocol only calls `adapt_init`, `adapt_step` and
-`predict`. Nothing algorithm-specific lives outside the algorithm's own module.
+functions built by a `make_<algo>(model, task, inner_lr, inner_steps, *, options)`
+factory registered in `ALGORITHMS`. The trainer only calls `init` and `meta_grad`;
+the evaluation protocol only calls `adapt_init`, `adapt_step` and `predict`.
+Nothing algorithm-specific lives outside the algorithm's own module.
 """
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
-from metalearn.inner import LossFn, make_sgd_step
+from metalearn.inner import LossFn, make_adapt, make_sgd_step
 from metalearn.models import Model, ModelState, Params
+from metalearn.registry import Registry
 from metalearn.tasks import TaskBatch, TaskFamily
 
 MetaParams = Any  # what the outer optimiser updates: a pytree of arrays
+Metrics = dict[str, jax.Array]  # name -> scalar
+
+ALGORITHMS = Registry("algo")
+
+
+class MetaGradient(NamedTuple):
+    """What one meta-step's gradient computation returns."""
+
+    loss: jax.Array  # [] the meta-loss, averaged over the task batch
+    grads: MetaParams  # shaped like the meta-parameters; fed to the outer optimiser
+    model_state: ModelState  # the model state after the step (mean over tasks)
+    metrics: Metrics  # the task family's metrics on the query sets (mean over tasks)
+
+
+class InitFn(Protocol):
+    def __call__(self, key: jax.Array) -> tuple[MetaParams, ModelState]: ...
+
+
+class MetaGradFn(Protocol):
+    def __call__(
+        self,
+        meta_params: MetaParams,
+        model_state: ModelState,
+        tasks: TaskBatch,
+        step: jax.Array | int = 0,
+    ) -> MetaGradient: ...
+
+
+class AdaptInitFn(Protocol):
+    def __call__(self, meta_params: MetaParams, key: jax.Array) -> Params: ...
+
+
+class AdaptStepFn(Protocol):
+    def __call__(
+        self,
+        meta_params: MetaParams,
+        params: Params,
+        model_state: ModelState,
+        inputs: jax.Array,
+        targets: jax.Array,
+    ) -> tuple[Params, ModelState]: ...
+
+
+class PredictFn(Protocol):
+    def __call__(
+        self, params: Params, model_state: ModelState, inputs: jax.Array
+    ) -> jax.Array: ...
 
 
 class Algorithm(NamedTuple):
@@ -25,9 +75,9 @@ class Algorithm(NamedTuple):
     Attributes:
         name: short name, used as the W&B job type.
         init: `key -> (meta_params, model_state)`.
-        meta_grad: `(meta_params, model_state, tasks) -> (meta_loss, grads,
-            model_state)` for `tasks` with a leading task axis `[T, ...]`; `grads`
-            is shaped like `meta_params` and is fed to the outer optimiser.
+        meta_grad: `(meta_params, model_state, tasks, step) -> MetaGradient` for
+            `tasks` with a leading task axis `[T, ...]`; `step` is the meta-step
+            (for schedules that change with training).
         adapt_init: `(meta_params, key) -> params`, the weights a new task starts
             from before any adaptation step.
         adapt_step: `(meta_params, params, model_state, inputs, targets) -> (params,
@@ -36,51 +86,90 @@ class Algorithm(NamedTuple):
     """
 
     name: str
-    init: Callable[[jax.Array], tuple[MetaParams, ModelState]]
-    meta_grad: Callable[
-        [MetaParams, ModelState, TaskBatch], tuple[jax.Array, MetaParams, ModelState]
-    ]
-    adapt_init: Callable[[MetaParams, jax.Array], Params]
-    adapt_step: Callable[
-        [MetaParams, Params, ModelState, jax.Array, jax.Array],
-        tuple[Params, ModelState],
-    ]
-    predict: Callable[[Params, ModelState, jax.Array], jax.Array]
+    init: InitFn
+    meta_grad: MetaGradFn
+    adapt_init: AdaptInitFn
+    adapt_step: AdaptStepFn
+    predict: PredictFn
 
 
-TaskObjective = Callable[
-    [MetaParams, ModelState, TaskBatch], tuple[jax.Array, ModelState]
-]
+class TaskObjective(Protocol):
+    """One task's meta-objective: `(meta_params, model_state, task) -> (loss,
+    (model_state, query predictions))`."""
+
+    def __call__(
+        self, meta_params: MetaParams, model_state: ModelState, task: TaskBatch, /
+    ) -> tuple[jax.Array, tuple[ModelState, jax.Array]]: ...
 
 
-def make_batched_meta_grad(task_objective: TaskObjective) -> Callable:
+def query_metrics(task: TaskFamily) -> Callable[[jax.Array, jax.Array], Metrics]:
+    """`(predictions, targets) -> metrics`: the family's metrics other than its
+    loss (the meta-loss already reports that)."""
+    kept = {name: m.fn for name, m in task.metrics.items() if m.fn is not task.loss}
+
+    def metrics(predictions: jax.Array, targets: jax.Array) -> Metrics:
+        return {name: fn(predictions, targets) for name, fn in kept.items()}
+
+    return metrics
+
+
+def make_batched_meta_grad(
+    task_objective: TaskObjective, task: TaskFamily
+) -> MetaGradFn:
     """Averages a per-task objective over a task batch with `vmap`; differentiates it.
 
-    Args:
-        task_objective: `(meta_params, model_state, task) -> (loss, model_state)` for
-            one task.
-
     Returns:
-        `(meta_params, model_state, tasks [T, ...]) -> (mean loss, grads,
-        model_state averaged over tasks)`.
+        `(meta_params, model_state, tasks [T, ...], step) -> MetaGradient`: the mean
+        loss, its gradient, the model state and the query metrics averaged over
+        tasks.
     """
+    metrics_of = query_metrics(task)
+
+    def one_task(meta_params, model_state, batch: TaskBatch):
+        loss, (state, predictions) = task_objective(meta_params, model_state, batch)
+        return loss, (state, metrics_of(predictions, batch.query_targets))
 
     def batch_objective(meta_params, model_state, tasks):
-        losses, states = jax.vmap(task_objective, in_axes=(None, None, 0))(
-            meta_params, model_state, tasks
+        num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+        losses, aux = jax.vmap(one_task, in_axes=(0, None, 0))(
+            tile(meta_params, num_tasks), model_state, tasks
         )
-        return jnp.mean(losses), mean_over_tasks(states)
+        return jnp.mean(losses), mean_over_tasks(aux)
 
     value_and_grad = jax.value_and_grad(batch_objective, has_aux=True)
 
-    def meta_grad(meta_params, model_state, tasks):
-        (loss, model_state), grads = value_and_grad(meta_params, model_state, tasks)
-        return loss, grads, model_state
+    def meta_grad(meta_params, model_state, tasks, step=0):
+        del step
+        (loss, (state, metrics)), grads = value_and_grad(
+            meta_params, model_state, tasks
+        )
+        return MetaGradient(loss, grads, state, metrics)
 
     return meta_grad
 
 
-def make_init(model: Model, task: TaskFamily) -> Callable:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def tile(tree, count: int):
+    """`tree` repeated `count` times along a new leading axis. Its gradient sums
+    over that axis as a product with ones: XLA:CPU runs a sum over a leading
+    axis (what `vmap` makes of a shared argument's gradient) many times slower.
+    """
+    return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (count, *leaf.shape)), tree)
+
+
+def _tile_forward(tree, count):
+    return tile(tree, count), None
+
+
+def _tile_backward(count, _, cotangent):
+    ones = jnp.ones((count,))
+    return (jax.tree.map(lambda g: jnp.tensordot(ones, g, axes=1), cotangent),)
+
+
+tile.defvjp(_tile_forward, _tile_backward)
+
+
+def make_init(model: Model, task: TaskFamily) -> InitFn:
     """`key -> (params, model_state)` for `model` on `task`'s inputs."""
     sample_inputs = jnp.zeros((1, *task.input_shape))
 
@@ -90,7 +179,7 @@ def make_init(model: Model, task: TaskFamily) -> Callable:
     return init
 
 
-def make_predict(model: Model) -> Callable:
+def make_predict(model: Model) -> PredictFn:
     """`(params, model_state, inputs) -> predictions`, batch statistics as in training
     (transductive, the MAML reference code's choice for BatchNorm)."""
 
@@ -111,7 +200,7 @@ def start_from_meta_params(meta_params: MetaParams, key: jax.Array) -> Params:
     return meta_params
 
 
-def make_sgd_adapt_step(loss_fn: LossFn, learning_rate: float) -> Callable:
+def make_sgd_adapt_step(loss_fn: LossFn, learning_rate: float) -> AdaptStepFn:
     """`adapt_step` that takes one plain SGD step at `learning_rate`."""
     step = make_sgd_step(loss_fn)
 
@@ -123,3 +212,48 @@ def make_sgd_adapt_step(loss_fn: LossFn, learning_rate: float) -> Callable:
         return params, model_state
 
     return adapt_step
+
+
+def metrics_mean(metrics: Mapping[str, jax.Array]) -> Metrics:
+    """Averages per-task metrics `[T]` over tasks."""
+    return {name: jnp.mean(values) for name, values in metrics.items()}
+
+
+def split_head(model: Model, params: Params) -> tuple[Params, Params]:
+    """(body, head): the same tree with `None` where the other part's leaves are."""
+    is_head = model.head(params)
+    body = jax.tree.map(lambda h, p: None if h else p, is_head, params)
+    head = jax.tree.map(lambda h, p: p if h else None, is_head, params)
+    return body, head
+
+
+def merge_head(body: Params, head: Params) -> Params:
+    """Inverse of `split_head`: the body's leaves where it has them, else the head's."""
+    return jax.tree.map(
+        lambda b, h: h if b is None else b, body, head, is_leaf=lambda n: n is None
+    )
+
+
+def make_head_adapt(
+    model: Model,
+    loss_fn: LossFn,
+    num_steps: int,
+    first_order: bool = False,
+    remat: bool = False,
+) -> Callable:
+    """`make_adapt` that changes only the model's head: `(params, lr, state,
+    inputs, targets) -> (params, state)`; the body is held fixed."""
+
+    def adapt(params, learning_rate, model_state, inputs, targets):
+        body, head = split_head(model, params)
+
+        def head_loss(head, state, inputs, targets):
+            return loss_fn(merge_head(body, head), state, inputs, targets)
+
+        adapt_head = make_adapt(head_loss, num_steps, first_order, remat)
+        head, model_state = adapt_head(
+            head, learning_rate, model_state, inputs, targets
+        )
+        return merge_head(body, head), model_state
+
+    return adapt

@@ -9,6 +9,7 @@ which treats the inner gradients as constants.
 """
 
 from metalearn.algorithms.base import (
+    ALGORITHMS,
     Algorithm,
     make_batched_meta_grad,
     make_init,
@@ -21,15 +22,27 @@ from metalearn.models import Model
 from metalearn.tasks import TaskBatch, TaskFamily
 
 
+@ALGORITHMS.register("maml")
 def make_maml(
     model: Model,
     task: TaskFamily,
     inner_lr: float,
     inner_steps: int,
+    *,
     first_order: bool = False,
     remat: bool = False,
 ) -> Algorithm:
-    """Builds (first-order) MAML for `model` on `task`."""
+    """Builds (first-order) MAML for `model` on `task`.
+
+    Args:
+        model: the network whose initial weights are meta-learned.
+        task: the meta-training task family (its loss is the inner and outer loss).
+        inner_lr: the inner SGD step size (`inner.lr`).
+        inner_steps: inner SGD steps during meta-training (`inner.steps`).
+        first_order: drop second derivatives (first-order MAML).
+        remat: recompute each inner step's activations in the backward pass (less
+            memory for long inner loops, about one more forward pass per step).
+    """
     loss_fn = make_model_loss(model, task.loss)
     adapt = make_adapt(loss_fn, inner_steps, first_order, remat)
 
@@ -46,7 +59,7 @@ def make_maml(
     return Algorithm(
         name="fomaml" if first_order else "maml",
         init=make_init(model, task),
-        meta_grad=make_batched_meta_grad(task_objective),
+        meta_grad=make_batched_meta_grad(task_objective, task),
         adapt_init=start_from_meta_params,
         adapt_step=make_sgd_adapt_step(loss_fn, inner_lr),
         predict=make_predict(model),

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from metalearn.algorithms.base import (
+    ALGORITHMS,
     Algorithm,
     make_batched_meta_grad,
     make_init,
@@ -20,15 +21,27 @@ from metalearn.models import Model
 from metalearn.tasks import TaskBatch, TaskFamily
 
 
+@ALGORITHMS.register("metasgd")
 def make_metasgd(
     model: Model,
     task: TaskFamily,
     inner_lr: float,
     inner_steps: int,
+    *,
     first_order: bool = False,
     remat: bool = False,
 ) -> Algorithm:
-    """Builds Meta-SGD; meta-parameters are `{"params": ..., "lrs": ...}`."""
+    """Builds Meta-SGD; meta-parameters are `{"params": ..., "lrs": ...}`.
+
+    Args:
+        model: the network whose initial weights are meta-learned.
+        task: the meta-training task family.
+        inner_lr: the initial value of every per-parameter learning rate.
+        inner_steps: inner steps during meta-training.
+        first_order: drop second derivatives (the rates then still learn through
+            the last inner step's update).
+        remat: recompute each inner step's activations in the backward pass.
+    """
     loss_fn = make_model_loss(model, task.loss)
     adapt = make_adapt(loss_fn, inner_steps, first_order, remat)
     step = make_sgd_step(loss_fn)
@@ -62,7 +75,7 @@ def make_metasgd(
     return Algorithm(
         name="metasgd",
         init=init,
-        meta_grad=make_batched_meta_grad(task_objective),
+        meta_grad=make_batched_meta_grad(task_objective, task),
         adapt_init=adapt_init,
         adapt_step=adapt_step,
         predict=make_predict(model),

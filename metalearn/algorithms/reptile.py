@@ -10,11 +10,14 @@ The reported meta-loss is the adapted weights' query loss, for monitoring only.
 import jax
 
 from metalearn.algorithms.base import (
+    ALGORITHMS,
     Algorithm,
+    MetaGradient,
     make_init,
     make_predict,
     make_sgd_adapt_step,
     mean_over_tasks,
+    query_metrics,
     start_from_meta_params,
 )
 from metalearn.inner import make_adapt, make_model_loss
@@ -22,12 +25,14 @@ from metalearn.models import Model
 from metalearn.tasks import TaskBatch, TaskFamily
 
 
+@ALGORITHMS.register("reptile")
 def make_reptile(
     model: Model, task: TaskFamily, inner_lr: float, inner_steps: int
 ) -> Algorithm:
     """Builds Reptile for `model` on `task`."""
     loss_fn = make_model_loss(model, task.loss)
     adapt = make_adapt(loss_fn, inner_steps, first_order=True)
+    metrics_of = query_metrics(task)
 
     def one_task(meta_params, model_state, batch: TaskBatch):
         params, state = adapt(
@@ -37,14 +42,23 @@ def make_reptile(
             batch.support_inputs,
             batch.support_targets,
         )
-        query_loss, _ = loss_fn(params, state, batch.query_inputs, batch.query_targets)
-        return query_loss, jax.tree.map(jax.numpy.subtract, meta_params, params), state
+        query_loss, (_, predictions) = loss_fn(
+            params, state, batch.query_inputs, batch.query_targets
+        )
+        delta = jax.tree.map(jax.numpy.subtract, meta_params, params)
+        return query_loss, delta, state, metrics_of(predictions, batch.query_targets)
 
-    def meta_grad(meta_params, model_state, tasks):
-        losses, deltas, states = jax.vmap(one_task, in_axes=(None, None, 0))(
+    def meta_grad(meta_params, model_state, tasks, step=0):
+        del step
+        losses, deltas, states, metrics = jax.vmap(one_task, in_axes=(None, None, 0))(
             meta_params, model_state, tasks
         )
-        return losses.mean(), mean_over_tasks(deltas), mean_over_tasks(states)
+        return MetaGradient(
+            losses.mean(),
+            mean_over_tasks(deltas),
+            mean_over_tasks(states),
+            mean_over_tasks(metrics),
+        )
 
     return Algorithm(
         name="reptile",

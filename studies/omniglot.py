@@ -1,0 +1,125 @@
+"""The Omniglot study's table and figures: the MAML paper's Table 1 (Finn et al.
+2017), with first-order MAML as the Reptile paper reports it, and learning curves."""
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from runs import Run, attach_everywhere, load_run
+
+from metalearn.report import Line, find_jobs, plot_lines
+
+# Omniglot accuracy (%), ± 95% CI: MAML paper Table 1; first-order MAML from the
+# Reptile paper's Table 2 (the MAML paper gives first order only for miniImageNet).
+PUBLISHED = {
+    ("maml", "5w1s"): "98.7 ± 0.4",
+    ("maml", "5w5s"): "99.9 ± 0.1",
+    ("maml", "20w1s"): "95.8 ± 0.3",
+    ("maml", "20w5s"): "98.9 ± 0.2",
+    ("fomaml", "5w1s"): "98.3 ± 0.5",
+    ("fomaml", "5w5s"): "99.2 ± 0.2",
+    ("fomaml", "20w1s"): "89.4 ± 0.5",
+    ("fomaml", "20w5s"): "97.9 ± 0.1",
+}
+SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
+
+
+def setting_of(run: Run) -> str:
+    return f"{run.config.task.ways}w{run.config.inner.k}s"
+
+
+def method_of(run: Run) -> str:
+    return "fomaml" if run.config.algo.first_order else "maml"
+
+
+def finished_runs(sweep_dir: Path) -> dict[tuple[str, str], list[Run]]:
+    """(method, setting) -> the finished runs (one per seed)."""
+    runs = defaultdict(list)
+    for job in find_jobs(sweep_dir):
+        if job.status == "finished":
+            run = load_run(job.path)
+            runs[(method_of(run), setting_of(run))].append(run)
+    return dict(runs)
+
+
+def _mean_ci(runs: list[Run], key: str) -> str:
+    """Mean over seeds of a score in %, with the mean of their 95% CIs over tasks."""
+    means = [100 * run.summary[f"eval/{key}"] for run in runs]
+    cis = [100 * run.summary[f"eval/{key.replace('@', '_ci95@')}"] for run in runs]
+    text = f"{statistics.fmean(means):.1f} ± {statistics.fmean(cis):.1f}"
+    if len(runs) > 1:
+        text += f" (seeds {', '.join(f'{m:.1f}' for m in means)})"
+    return text
+
+
+def results_table(runs: dict[tuple[str, str], list[Run]]) -> str:
+    """Markdown: our accuracy after the paper's test steps and after 10, beside the
+    published one, with the meta-steps and training minutes each row had."""
+    lines = [
+        "| setting | method | ours, paper's test steps | ours, 10 steps | published "
+        "| meta-steps | train min | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for setting in SETTINGS:
+        for method in ("maml", "fomaml"):
+            group = runs.get((method, setting))
+            if not group:
+                continue
+            steps = group[0].config.eval.objective.partition("@step")[2]
+            done = sorted({int(run.summary["train/steps"]) for run in group})
+            minutes = statistics.fmean(run.summary["train/seconds"] for run in group)
+            lines.append(
+                f"| {setting} | {'MAML' if method == 'maml' else 'first-order MAML'} "
+                f"| {_mean_ci(group, f'acc@step{steps}')} (step {steps}) "
+                f"| {_mean_ci(group, 'acc@step10')} | {PUBLISHED[(method, setting)]} "
+                f"| {'/'.join(map(str, done))} | {minutes / 60:.1f} | {len(group)} |"
+            )
+    return "\n".join(lines)
+
+
+def curve_lines(runs: dict, key) -> dict[str, Line]:
+    lines = {}
+    for (method, setting), group in sorted(runs.items(), key=lambda item: item[0][1]):
+        for run in group[:1]:  # one seed per line keeps the figure readable
+            lines[f"{setting} {method}"] = key(run)
+    return lines
+
+
+def learning_curve(run: Run) -> Line:
+    steps = run.config.eval.objective.partition("@step")[2]
+    rows = [r for r in run.history if f"eval/acc@step{steps}" in r]
+    return [r["step"] for r in rows], [100 * r[f"eval/acc@step{steps}"] for r in rows]
+
+
+def adaptation_curve(run: Run) -> Line:
+    count = run.config.eval.steps + 1
+    means = [100 * run.summary[f"eval/acc@step{i}"] for i in range(count)]
+    cis = [100 * run.summary[f"eval/acc_ci95@step{i}"] for i in range(count)]
+    return list(range(count)), means, cis
+
+
+def omniglot_figures(sweep_dir: Path, out: Path) -> str:
+    """Table 1 (written as omniglot_table1.md) and the two figures."""
+    runs = finished_runs(sweep_dir)
+    if not runs:
+        raise SystemExit(f"no finished runs in {sweep_dir}")
+    figures = {
+        "learning_curve": out / "omniglot_learning_curve.png",
+        "acc_vs_steps": out / "omniglot_acc_vs_steps.png",
+    }
+    plot_lines(
+        curve_lines(runs, learning_curve), figures["learning_curve"],
+        xlabel="meta-step", ylabel="test accuracy (%), paper's test steps",
+        title="Omniglot: test accuracy during meta-training",
+    )  # fmt: skip
+    plot_lines(
+        curve_lines(runs, adaptation_curve), figures["acc_vs_steps"],
+        xlabel="adaptation steps", ylabel="test accuracy (%)",
+        title="Omniglot: accuracy vs adaptation steps (600 test tasks)",
+    )  # fmt: skip
+    attach_everywhere(
+        {str(i): r for i, r in enumerate(sum(runs.values(), []))}, figures
+    )
+    text = results_table(runs) + "\n"
+    (out / "omniglot_table1.md").write_text(text)
+    return text

@@ -1,0 +1,115 @@
+"""The paper studies (studies/, run as scripts): checkpoints of finished runs,
+figures, the results table, figures logged to W&B."""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from helpers import QUICK, REPO, STUDIES, compose_config, read_runs
+
+from metalearn.build import make_evaluation
+from metalearn.experiment import run
+from metalearn.trainer import init_train_state
+
+sys.path.insert(0, str(STUDIES))  # the studies import each other as scripts do
+import runs  # noqa: E402
+import sinusoid  # noqa: E402
+
+TINY = [*QUICK, "logger=none", "eval.extra_k=[10]"]
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("paper_run")
+    run(compose_config(["experiment=maml_paper_sinusoid", *TINY]), out)
+    return runs.load_run(out)
+
+
+def test_the_final_checkpoint_reproduces_the_final_evaluation(paper_run):
+    parts, meta_params, model_state = runs.load_trained(paper_run)
+    _, adapt_key = jax.random.split(jax.random.key(paper_run.config.seed))
+    state = init_train_state(parts.algorithm, parts.optimizer, jax.random.key(0))
+    state = state._replace(meta_params=meta_params, model_state=model_state)
+    scores = make_evaluation(paper_run.config, parts, adapt_key)(state)
+    for key in ("eval/mse@step0", "eval/mse@step1", "eval/mse_k10@step10"):
+        assert scores[key] == pytest.approx(paper_run.summary[key], rel=1e-6)
+
+
+def test_results_table_sits_beside_the_published_numbers(paper_run):
+    table = sinusoid.results_table({"MAML": paper_run}, k=5)
+    assert "| MAML |" in table and "step 0" in table
+    assert "(paper 0.67)" in table and "(paper 0.35)" in table
+    mean = paper_run.summary["eval/mse@step1"]
+    assert f"{mean:.3g} ± " in table
+    assert "paper" not in sinusoid.results_table({"MAML": paper_run}, k=10)
+    with pytest.raises(ValueError, match="was not evaluated at K=20"):
+        sinusoid.results_table({"MAML": paper_run}, k=20)
+
+
+def test_figures_are_drawn(paper_run, tmp_path):
+    labelled = {"MAML": paper_run}
+    sinusoid.plot_fits(labelled, [5, 10], [0, 1], tmp_path / "fits.png", 4.0)
+    sinusoid.plot_mse_vs_steps(labelled, [5], tmp_path / "mse.png")
+    sinusoid.plot_meta_loss(labelled, tmp_path / "loss.png")
+    for name in ("fits.png", "mse.png", "loss.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_adaptation_curves_match_the_algorithms_own_steps(paper_run):
+    parts, meta_params, model_state = runs.load_trained(paper_run)
+    inputs, targets, grid, _ = sinusoid.sinusoid_task(2.0, 0.3, 5, jax.random.key(0))
+    curves = sinusoid.adaptation_curves(
+        parts,
+        meta_params,
+        model_state,
+        sinusoid.Support(inputs, targets),
+        [0, 2],
+        jax.random.key(1),
+    )
+    params, state = meta_params, model_state
+    for _ in range(2):
+        params, state = parts.algorithm.adapt_step(
+            meta_params, params, state, inputs, targets
+        )
+    expected = parts.algorithm.predict(params, state, grid[:, None])[:, 0]
+    np.testing.assert_allclose(curves[2], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(curves[0], curves[2])
+
+
+def test_figures_are_logged_to_the_runs_wandb_run(tmp_path):
+    run(compose_config(QUICK), tmp_path)
+    loaded = runs.load_run(tmp_path)
+    sinusoid.plot_meta_loss({"MAML": loaded}, tmp_path / "loss.png")
+
+    assert runs.attach_figures(loaded, {"loss": tmp_path / "loss.png"})
+    found = read_runs(tmp_path)
+    assert len({r.run_id for r in found}) == 1 and len(found) == 2
+    logged = [row for r in found for row in r.history if "figures/loss/_type" in row]
+    assert [row["figures/loss/_type"] for row in logged] == ["image-file"]
+    assert logged[0]["_step"] == 40  # at the run's last step, so W&B keeps it
+
+
+def test_a_run_without_wandb_has_nothing_to_attach_to(paper_run, tmp_path):
+    assert not runs.attach_figures(paper_run, {"loss": tmp_path / "loss.png"})
+
+
+@pytest.mark.slow
+def test_paper_script_runs_the_maml_study_and_writes_figures_and_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "studies/paper.py", "maml", "--out", str(tmp_path / "fig")]
+        + ["--sweep-dir", str(tmp_path / "sweep"), *QUICK, "logger=none"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in (
+        "maml_fig2_fits.png",
+        "maml_fig3_mse_vs_steps.png",
+        "maml_paper_table.md",
+    ):
+        assert (tmp_path / "fig" / name).exists()
+    assert "(paper 2.41)" in result.stdout and "SGD retraining" in result.stdout
