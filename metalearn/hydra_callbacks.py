@@ -104,6 +104,7 @@ class SweepSummary(Callback):
         failed = [job.name for job in jobs if read_state(job) != State.FINISHED]
         if failed:
             print(f"{len(failed)} job(s) did not finish: {', '.join(failed)}")
+            print(f"Run them again: python -m metalearn.rerun {sweep_dir}")
             sys.exit(ExitCode.FAILED)
 
 
