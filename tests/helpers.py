@@ -167,6 +167,8 @@ class OfflineRun(NamedTuple):
     history: list[dict[str, Any]]
     summary: dict[str, Any]
     exit_code: int | None
+    # define_metric records by name (or glob): their step metric and summaries
+    metrics: dict[str, dict[str, Any]] = {}
 
 
 def _records(data: bytes):
@@ -221,6 +223,7 @@ def read_run(path: str | Path, timeout: float = 20.0) -> OfflineRun:
 
 def _parse(path: str | Path) -> OfflineRun:
     run_info, config, history, summary, exit_code = None, {}, [], {}, None
+    metrics: dict[str, dict[str, Any]] = {}
     for record in _records(Path(path).read_bytes()):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -234,6 +237,16 @@ def _parse(path: str | Path) -> OfflineRun:
             summary.update(_items(record.summary.update))
         elif kind == "exit":
             exit_code = record.exit.exit_code
+        elif kind == "metric":
+            metric = record.metric
+            metrics[metric.name or metric.glob_name] = {
+                "step_metric": metric.step_metric,
+                "summary": {
+                    field.name
+                    for field, value in metric.summary.ListFields()
+                    if value is True
+                },
+            }
     assert run_info is not None, f"no run record in {path}"
     config = {
         k: v.get("value", v) if isinstance(v, dict) else v for k, v in config.items()
@@ -247,6 +260,7 @@ def _parse(path: str | Path) -> OfflineRun:
         history=history,
         summary=summary,
         exit_code=exit_code,
+        metrics=metrics,
     )
 
 

@@ -118,6 +118,35 @@ def test_train_py_in_a_fresh_interpreter_runs_to_a_finished_wandb_run(finished_r
     assert drawn == [20, 40]
 
 
+def test_the_wandb_run_plots_against_the_meta_step_and_keeps_the_right_summaries(
+    finished_run,
+):
+    run_dir, _ = finished_run
+    (wandb_run,) = read_runs(run_dir)
+    metrics = wandb_run.metrics
+    assert metrics["*"]["step_metric"] == "meta_step"  # every key against the step
+    assert metrics["eval/mse@step*"]["summary"] == {"min", "last"}  # a loss: min
+    objective = wandb_run.config["objective_metric"]
+    assert objective == "eval/mse@step10" and metrics[objective]["summary"]
+    assert wandb_run.config["objective_goal"] == "minimize"
+
+
+def test_each_evaluation_logs_its_adaptation_curve_as_a_table(finished_run):
+    run_dir, _ = finished_run
+    (wandb_run,) = read_runs(run_dir)
+    key = "eval/adaptation_curve/mse_table"
+    logged = [row for row in wandb_run.history if f"{key}/path" in row]
+    assert [row["_step"] for row in logged] == [20, 40]  # one per evaluation
+    (files,) = run_dir.glob("wandb/offline-run-*/files")
+    table = json.loads((files / logged[-1][f"{key}/path"]).read_text())
+    assert table["columns"] == ["adaptation_step", "mse", "ci95"]
+    summary = read_json(run_dir / SUMMARY_FILE)  # the final evaluation's scores
+    for step, mse, ci95 in table["data"]:
+        assert mse == pytest.approx(summary[f"eval/mse@step{step}"])
+        assert ci95 == pytest.approx(summary[f"eval/mse_ci95@step{step}"])
+    assert [row[0] for row in table["data"]] == list(range(11))
+
+
 def test_a_time_budget_ends_training_early_and_a_resume_honours_what_is_left(
     tmp_path,
 ):

@@ -4,13 +4,22 @@ launcher and sweeper plugins."""
 import csv
 import json
 import math
+import shutil
 import statistics
 
 import pytest
 import yaml
-from helpers import QUICK, compose_config, options, read_json, read_runs, train_main
+from helpers import (
+    QUICK,
+    REPO,
+    compose_config,
+    options,
+    read_json,
+    read_runs,
+    train_main,
+)
 
-from metalearn import report
+from metalearn import report, rerun
 from metalearn.config import typed
 from metalearn.rundir import SUMMARY_FILE
 
@@ -249,3 +258,121 @@ def test_submitit_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.timeout_min > 0
+
+
+# --- finishing a sweep whose jobs were killed -------------------------------------
+
+
+def fake_multirun(sweep_dir, task, params=None, sweeper=rerun.BASIC_SWEEPER):
+    hydra = {
+        "sweeper": {"_target_": sweeper, "max_batch_size": None, "params": params},
+        "sweep": {"dir": str(sweep_dir), "subdir": "${hydra.job.num}"},
+        "overrides": {"hydra": [], "task": task},
+        "runtime": {"cwd": str(REPO)},
+    }
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+
+
+def test_rerun_runs_only_the_jobs_that_did_not_finish_with_their_overrides(
+    tmp_path, capsys
+):
+    sweep = tmp_path / "multirun" / "2026-12-01" / "10-00-00"
+    fake_multirun(sweep, ["inner.lr=0.01,0.1", "logger=none"], {"seed": "0,1"})
+    fake_job(sweep, 0, [], status="finished")
+    fake_job(sweep, 2, [], status="failed")  # job 1: killed before it began
+    fake_job(sweep, 3, [], status="finished")
+    assert rerun.main([str(sweep), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 4 job(s) finished" in out
+    jobs = [line for line in out.splitlines() if line.startswith("job ")]
+    assert jobs == [
+        f"job 1: {REPO / 'train.py'} seed=0 inner.lr=0.1 logger=none "
+        f"hydra.run.dir={sweep / '1'}",
+        f"job 2: {REPO / 'train.py'} seed=1 inner.lr=0.01 logger=none "
+        f"hydra.run.dir={sweep / '2'}",
+    ]
+
+
+def test_rerun_keeps_wandb_runs_in_the_sweeps_group(tmp_path):
+    sweep = tmp_path / "multirun" / "2026-12-01" / "10-00-00"
+    fake_multirun(sweep, ["inner.lr=0.01,0.1"])
+    (command,) = [rerun.job_command(sweep, 1, ["inner.lr=0.1"], REPO / "train.py")]
+    assert command[-1] == "logger.group=2026-12-01_10-00-00"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d.mkdir(), "not a multirun's dir: no multirun.yaml"),
+        (
+            lambda d: fake_multirun(d, ["seed=0,1"], sweeper="hydra_plugins.optuna"),
+            "only the basic sweeper's grid can be rebuilt",
+        ),
+        (lambda d: fake_multirun(d, ["seed=0,1,"]), "cannot rebuild the grid"),
+    ],
+)
+def test_rerun_refuses_what_it_cannot_rebuild(tmp_path, capsys, make, message):
+    make(tmp_path / "sweep")
+    assert rerun.main([str(tmp_path / "sweep")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.slow  # a multirun, then a fresh interpreter for the missing job
+def test_a_sweep_with_a_killed_job_is_finished_by_rerun(tmp_path):
+    sweep = tmp_path / "multirun" / "2026-12-01" / "10-00-00"
+    grid = ["seed=0,1", *QUICK, f"hydra.sweep.dir={sweep}"]
+    assert train_main("-m", *grid) == 0
+    first = {r.run_id for r in read_runs(sweep / "0")}
+    shutil.rmtree(sweep / "1")  # as if its worker was killed before it began
+    assert rerun.main([str(sweep)]) == 0
+    assert read_json(sweep / "1" / "status.json")["state"] == "finished"
+    (again,) = read_runs(sweep / "1")
+    assert again.group == "2026-12-01_10-00-00" and again.config["seed"] == 1
+    assert {r.run_id for r in read_runs(sweep / "0")} == first  # left alone
+
+
+# --- the report on W&B ----------------------------------------------------------
+
+
+def test_report_wandb_logs_its_table_and_figures_to_a_report_run_in_the_group(
+    tmp_path,
+):
+    sweep = tmp_path / "multirun" / "2026-12-01" / "11-00-00"
+    history = [{"step": 5, "train/meta_loss": 2.0}, {"step": 10, "train/meta_loss": 1}]
+    for seed, value in enumerate([0.1, 0.3]):
+        fake_job(sweep, seed, ["algo=maml", f"seed={seed}"], scores(value), "finished",
+                 history)  # fmt: skip
+    report.main([str(sweep), "--wandb"])
+
+    (run,) = read_runs(sweep)
+    assert run.job_type == "report" and run.group == "2026-12-01_11-00-00"
+    (row,) = run.history
+    assert row["report/comparison/_type"] == "table-file"
+    (files,) = sweep.glob("wandb/offline-run-*/files")
+    table = json.loads((files / row["report/comparison/path"]).read_text())
+    header, rows = list(csv.reader((sweep / "report.csv").open()))[0], table["data"]
+    assert table["columns"] == header and rows[0][:2] == ["2/2", "ok"]
+    for name in ("adaptation", "meta_loss"):
+        assert row[f"report/{name}/_type"] == "image-file"
+
+
+def test_the_dashboard_plots_keys_every_run_logs_and_needs_wandb_online(
+    finished_run, capsys
+):
+    from metalearn import dashboard
+
+    run_dir, _ = finished_run
+    (wandb_run,) = read_runs(run_dir)
+    logged = {key for row in wandb_run.history for key in row}
+    headline, eval_steps = dashboard.sweep_facts(run_dir)
+    assert (headline, eval_steps) == ("mse", 10)
+    for keys in dashboard.panel_keys(headline, eval_steps).values():
+        assert set(keys) <= logged
+    view = dashboard.workspace("me", "metalearn", "g", headline, eval_steps)
+    assert [len(section.panels) for section in view.sections] == [1, 2, 1, 1]
+    assert wandb_run.config["algo"]["name"] == "maml"  # what the view groups by
+
+    with pytest.raises(dashboard.DashboardError, match="upload them first"):
+        dashboard.build(run_dir)  # these runs are offline
