@@ -1,6 +1,7 @@
 """The paper studies (studies/, run as scripts): checkpoints of finished runs,
 figures, the results table, figures logged to W&B."""
 
+import json
 import subprocess
 import sys
 
@@ -113,3 +114,28 @@ def test_paper_script_runs_the_maml_study_and_writes_figures_and_table(tmp_path)
     ):
         assert (tmp_path / "fig" / name).exists()
     assert "(paper 2.41)" in result.stdout and "SGD retraining" in result.stdout
+
+
+def test_the_budget_table_reports_steps_speed_and_accuracy_with_cis(tmp_path):
+    import omniglot_budget
+
+    run_dir = tmp_path / "fo5w1s"
+    run_dir.mkdir()
+    summary = {"train/steps": 3000, "train/seconds": 900.0}
+    for step in range(11):
+        summary[f"eval/acc@step{step}"] = 0.2 + 0.07 * step
+        summary[f"eval/acc_ci95@step{step}"] = 0.01
+    config = {
+        "task": {"ways": 5, "loss_scale": "mean"},
+        "inner": {"k": 1, "lr": 0.4},
+        "outer": {"lr": 0.003},
+        "algo": {"first_order": True},
+        "eval": {"objective": "acc@step3"},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "config.json").write_text(json.dumps(config))
+    header, rule, row = omniglot_budget.table(tmp_path).splitlines()
+    assert row == (
+        "| fo5w1s | 5w1s | first | mean | 0.4 | 0.003 | 3,000 | 3.33 | 20.0 ± 1.0 "
+        "| 41.0 ± 1.0 (step 3) | 90.0 ± 1.0 |"
+    )
