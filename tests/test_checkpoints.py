@@ -1,13 +1,22 @@
-"""Checkpoints: written on schedule, atomically, and restored exactly."""
+"""Checkpoints: written on schedule, atomically, and restored exactly; a damaged
+one is noticed and the newest intact one used."""
+
+import logging
+import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from helpers import leaves
 
 from metalearn.algorithms import make_metasgd
-from metalearn.checkpoints import Checkpointer, IncompatibleCheckpoint
+from metalearn.checkpoints import (
+    Checkpointer,
+    IncompatibleCheckpoint,
+    NoIntactCheckpoint,
+)
 from metalearn.models import make_mlp
 from metalearn.optimizers import flat_optimizer
 from metalearn.tasks.sinusoid import make_sinusoid
@@ -99,3 +108,60 @@ def test_a_state_laid_out_otherwise_is_refused_clearly(tmp_path):
     checkpointer.close()
     with pytest.raises(IncompatibleCheckpoint, match="laid out differently"):
         Checkpointer(tmp_path / "ckpt").restore(fresh_state())
+
+
+def _largest_file(step_dir):
+    return max(
+        (p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGES = {
+    "missing file": lambda d: _largest_file(d).unlink(),
+    "truncated": lambda d: (f := _largest_file(d)).write_bytes(f.read_bytes()[:10]),
+    "bit-flipped": lambda d: _flip_a_byte(_largest_file(d)),
+    "empty folder": lambda d: (shutil.rmtree(d), d.mkdir()),
+}
+
+
+def two_checkpoints(directory):
+    """Checkpoints at meta-steps 4 and 8 of one training; the state at 4."""
+    checkpointer = Checkpointer(directory, max_to_keep=2)
+    at_4 = train(fresh_state(), Schedule(4, 4, 0, 4), checkpointer).state
+    kept = jax.tree.map(jnp.copy, at_4)  # training on donates at_4's buffers
+    train(at_4, Schedule(8, 4, 0, 4), checkpointer)
+    checkpointer.close()
+    assert checkpointer_steps(directory) == [4, 8]
+    return kept
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
+    tmp_path, caplog, how
+):
+    at_4 = two_checkpoints(tmp_path / "ckpt")
+    DAMAGES[how](tmp_path / "ckpt" / "8")
+    with caplog.at_level(logging.WARNING, logger="metalearn.checkpoints"):
+        restored, _ = Checkpointer(tmp_path / "ckpt").restore(fresh_state(1))
+    assert int(restored.step) == 4
+    for got, want in zip(leaves(restored), leaves(at_4), strict=True):
+        np.testing.assert_array_equal(got, want)
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "metalearn.checkpoints"
+    ]
+    (line,) = lines  # one line says so
+    assert "ckpt/8 is damaged" in line and "trying the one before" in line
+
+
+def test_when_no_checkpoint_is_intact_restore_refuses_naming_each(tmp_path):
+    two_checkpoints(tmp_path / "ckpt")
+    DAMAGES["bit-flipped"](tmp_path / "ckpt" / "8")
+    DAMAGES["empty folder"](tmp_path / "ckpt" / "4")
+    with pytest.raises(NoIntactCheckpoint, match=r"damaged: 8 \(.*\), 4 \(empty\)"):
+        Checkpointer(tmp_path / "ckpt").restore(fresh_state(1))

@@ -3,6 +3,7 @@
 interpreter is the point)."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,8 @@ from metalearn.rundir import (
     STATUS_FILE,
     SUMMARY_FILE,
     ExitCode,
+    RunLock,
+    has_checkpoint,
 )
 from metalearn.trainer import init_train_state
 
@@ -266,3 +269,75 @@ def test_wandb_online_without_credentials_fails_cleanly(tmp_path, capsys, monkey
     assert "wandb login" in err and "logger.mode=offline" in err
     assert "Traceback" not in err + out
     assert state_of(tmp_path / "run") == "failed"
+
+
+# --- refused runs leave other runs as they were -------------------------------------
+
+
+def snapshot(directory) -> dict[str, bytes]:
+    """Every file below `directory`, by relative path, with its bytes."""
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_run_refused_in_another_runs_dir_writes_nothing_there(run_dir, capsys):
+    before = snapshot(run_dir)
+    code = train_main(*QUICK, "inner.lr=0.5", f"hydra.run.dir={run_dir}")
+    err = capsys.readouterr().err
+    assert code == ExitCode.REFUSED and "holds a run with another config" in err
+    assert "inner.lr" in err and "Traceback" not in err
+    assert snapshot(run_dir) == before  # .hydra/overrides.yaml included
+
+
+def test_a_multirun_refused_in_another_sweeps_dir_writes_nothing_there(
+    tmp_path, capsys
+):
+    sweep = tmp_path / "sweep"
+    assert (
+        train_main("-m", "seed=0", *QUICK, "logger=none", f"hydra.sweep.dir={sweep}")
+        == 0
+    )
+    before = snapshot(sweep)
+    code = train_main("-m", "seed=0,1", *QUICK, f"hydra.sweep.dir={sweep}")
+    err = capsys.readouterr().err
+    assert code == ExitCode.REFUSED and "holds another sweep" in err
+    assert snapshot(sweep) == before
+
+
+def test_resume_of_a_dir_that_holds_no_run_creates_and_writes_nothing(tmp_path, capsys):
+    nothing = tmp_path / "nothing"
+    assert train_main(f"resume={nothing}") == ExitCode.REFUSED
+    assert not nothing.exists()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("not a run")
+    assert train_main(f"resume={other}") == ExitCode.REFUSED
+    assert snapshot(other) == {"todo.txt": b"not a run"}
+    assert "must be the output dir of a run" in capsys.readouterr().err
+
+
+def test_a_second_process_in_a_run_dir_is_refused_in_one_line(run_dir, capsys):
+    with RunLock(run_dir):  # as another process training there holds it
+        code = train_main(f"resume={run_dir}", "outer.steps=60")
+    err = capsys.readouterr().err
+    assert code == ExitCode.REFUSED and "Traceback" not in err
+    assert f"Refused: {run_dir} is in use: process {os.getpid()}" in err
+    assert state_of(run_dir) == "finished"  # not marked failed by the refused one
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_training(
+    tmp_path, capsys, monkeypatch
+):
+    from metalearn import experiment
+
+    monkeypatch.setattr(experiment, "free_memory", lambda device: 64 * 1024)
+    code = train_main(*QUICK, "logger=none", f"hydra.run.dir={tmp_path}")
+    err = capsys.readouterr().err
+    assert code == ExitCode.REFUSED and "Traceback" not in err
+    assert "Too big: the compiled training window needs about" in err
+    assert "lower outer.batch, inner.k, outer.num_query, inner.steps" in err
+    assert not has_checkpoint(tmp_path)  # no training happened
+    assert state_of(tmp_path) == "failed"
