@@ -1,8 +1,12 @@
 """Environment first (JAX and W&B read it when first used), then shared fixtures."""
 
+import contextlib
+import fcntl
+import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -30,17 +34,41 @@ use_compile_cache(os.environ["METALEARN_COMPILE_CACHE"])
 SHARED_NPZ = REPO.parent / "shared" / "data" / "omniglot" / "omniglot.npz"
 
 
+@contextlib.contextmanager
+def made_once(tmp_path_factory, name: str):
+    """A dir shared by every xdist worker of this test session, and whether this
+    worker must make its contents: the first to get here makes them while holding
+    a lock, the others wait for it and reuse them."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's temp dir, above each worker's own
+    shared = root / f"shared_{name}"
+    shared.mkdir(exist_ok=True)
+    with open(root / f"shared_{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / ".made"
+        yield shared, not done.exists()
+        done.touch()
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     """`python train.py` with the quick settings (W&B offline, figures on) in a
-    fresh interpreter, finished: `(run dir, the CompletedProcess)`. Shared by the
-    session: copy the dir before changing it. (A run this process started would
-    count as its own: a refused resume would mark it failed.)"""
+    fresh interpreter, finished: `(run dir, its stdout and stderr)`. Shared by the
+    session (and its workers): copy the dir before changing it. (A run this
+    process started would count as its own: a refused resume would mark it
+    failed.)"""
     from helpers import QUICK, train_py
 
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    result = train_py(*QUICK, "eval.figures=true", f"hydra.run.dir={run_dir}")
-    return run_dir, result
+    with made_once(tmp_path_factory, "finished") as (shared, make):
+        run_dir = shared / "run"
+        if make:
+            result = train_py(*QUICK, "eval.figures=true", f"hydra.run.dir={run_dir}")
+            (shared / "result.json").write_text(
+                json.dumps({"stdout": result.stdout, "stderr": result.stderr})
+            )
+        output = json.loads((shared / "result.json").read_text())
+    return run_dir, SimpleNamespace(**output)
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +78,9 @@ def omniglot_root(tmp_path_factory) -> Path:
         pytest.skip(f"no shared Omniglot data at {SHARED_NPZ}")
     from metalearn.data.__main__ import main
 
-    root = tmp_path_factory.mktemp("data_root")
-    assert main(["omniglot", "--from", str(SHARED_NPZ), "--root", str(root)]) == 0
+    with made_once(tmp_path_factory, "data_root") as (root, make):
+        if make:
+            assert (
+                main(["omniglot", "--from", str(SHARED_NPZ), "--root", str(root)]) == 0
+            )
     return root

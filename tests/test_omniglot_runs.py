@@ -34,6 +34,7 @@ def tiny_run(tmp_path, omniglot_root, *overrides):
     return read_json(tmp_path / "summary.json")
 
 
+@pytest.mark.slow  # its own conv4 programs: ~12 s of compiling
 def test_a_first_order_maml_run_reports_accuracy_with_cis(tmp_path, omniglot_root):
     summary = tiny_run(tmp_path, omniglot_root, "algo=fomaml", "eval.figures=true")
     for i in range(3):

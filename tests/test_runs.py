@@ -161,5 +161,6 @@ def test_a_time_budget_ends_training_early_and_a_resume_honours_what_is_left(
     # the budget is spent: a resume only re-scores; a larger budget trains on
     assert train_main(f"resume={tmp_path}") == 0
     assert read_json(tmp_path / "summary.json")["train/steps"] == done
-    assert train_main(f"resume={tmp_path}", "train.max_minutes=0.01") == 0
-    assert read_json(tmp_path / "summary.json")["train/steps"] > done
+    more = [f"outer.steps={done + 500}", "train.max_minutes=10"]
+    assert train_main(f"resume={tmp_path}", *more) == 0
+    assert read_json(tmp_path / "summary.json")["train/steps"] == done + 500
