@@ -411,10 +411,11 @@ def make_wandb_logger(
         group: W&B group; null: one group per multirun (from its sweep dir), none
             for single runs.
         tags: W&B tags.
-        console: capture the terminal output into the run (off: it costs time
-            and the run's history and summary already hold every metric).
+        console: capture the terminal output into the run (off: measured free
+            of cost, but `train.log` and the run's history and summary already
+            hold every line and metric).
         system_stats: record system metrics (CPU, memory, GPU) every few
-            seconds (off: a background sampler that costs start-up time).
+            seconds (off: a background sampler; +0.1-0.15 s on a 17 s run).
     """
     return WandbRun(
         run.output_dir,
