@@ -21,14 +21,13 @@ from metalearn.rundir import (
     HYDRA_DIR,
     STATUS_FILE,
     SUMMARY_FILE,
+    SWEEP_RECORD,
     ExitCode,
     State,
     has_checkpoint,
     read_json,
     read_state,
 )
-
-SWEEP_RECORD = "multirun.yaml"  # what Hydra writes into a sweep dir
 
 
 def _refuse(message: str) -> None:

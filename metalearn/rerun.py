@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from metalearn.rundir import ExitCode, State, read_state, sweep_group
+from metalearn.rundir import SWEEP_RECORD, ExitCode, State, read_state, sweep_group
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -31,22 +31,22 @@ class RerunError(ValueError):
 
 def multirun_hydra(sweep_dir: Path) -> dict:
     """The `hydra` section of the sweep's `multirun.yaml`, as written."""
-    path = sweep_dir / "multirun.yaml"
+    path = sweep_dir / SWEEP_RECORD
     if not path.is_file():
-        raise RerunError(f"{sweep_dir} is not a multirun's dir: no multirun.yaml")
+        raise RerunError(f"{sweep_dir} is not a multirun's dir: no {SWEEP_RECORD}")
     try:
         return yaml.safe_load(path.read_text())["hydra"]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
         raise RerunError(f"cannot read {path}: {error}") from None
 
 
-def sweep_jobs(sweep_dir: Path) -> list[list[str]]:
-    """The overrides of every job of the multirun in `sweep_dir`, in job order."""
+def sweep_jobs(hydra: dict) -> list[list[str]]:
+    """The overrides of every job of a multirun, in job order, from the `hydra`
+    section of its `multirun.yaml`."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    hydra = multirun_hydra(sweep_dir)
     sweeper = hydra["sweeper"].get("_target_")
     if sweeper != BASIC_SWEEPER:
         raise RerunError(
@@ -97,11 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sweep_dir = args.sweep_dir.absolute()
     try:
-        jobs = sweep_jobs(sweep_dir)
+        hydra = multirun_hydra(sweep_dir)
+        jobs = sweep_jobs(hydra)
     except RerunError as error:
         print(f"Cannot rerun: {error}", file=sys.stderr)
         return ExitCode.REFUSED
-    started_in = multirun_hydra(sweep_dir).get("runtime", {}).get("cwd")
+    started_in = hydra.get("runtime", {}).get("cwd")
     train = args.train or Path(started_in or ".") / "train.py"
     if not train.is_file():
         print(

@@ -32,6 +32,7 @@ CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 FIGURE_DIR = "figures"
 HYDRA_DIR = ".hydra"
+SWEEP_RECORD = "multirun.yaml"  # what Hydra writes into a sweep dir
 
 
 class State(enum.StrEnum):
