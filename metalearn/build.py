@@ -97,8 +97,13 @@ def check_examples_per_class(config: Config, tasks: TaskSplits) -> None:
     for family, k_key, k, q_key, q in uses:
         limit = family.examples_per_class
         if limit is not None and k + q > limit:
+            which = (
+                "a class"
+                if family.smallest_class is None
+                else f"class {family.smallest_class}"
+            )
             raise ConfigError(
-                f"{k_key}={k} is not allowed with {q_key}={q}: a class of "
+                f"{k_key}={k} is not allowed with {q_key}={q}: {which} of "
                 f"task={family.name} has only {limit} examples, so {k_key} + "
                 f"{q_key} must be <= {limit}"
             )

@@ -43,7 +43,9 @@ def episode_grid(
     title: str = "",
     columns: int = 10,
 ) -> Figure:
-    """Query images `[M, H, W, C]` with true and predicted labels; wrong ones red."""
+    """Query images `[M, H, W, C]` with true and predicted labels; wrong ones red.
+    One channel is drawn as ink on paper; colour images are stretched to their own
+    range (they arrive normalised)."""
     count = len(images)
     rows = -(-count // columns)
     fig = Figure(figsize=(1.1 * columns, 1.25 * rows + 0.4))
@@ -53,7 +55,11 @@ def episode_grid(
         if index >= count:
             continue
         image = images[index]
-        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray_r")
+        if image.shape[-1] == 1:
+            ax.imshow(image[..., 0], cmap="gray_r")
+        else:  # normalised colour: stretched to [0, 1] per image for display
+            low, high = image.min(), image.max()
+            ax.imshow((image - low) / max(high - low, 1e-6))
         right = labels[index] == predicted[index]
         ax.set_title(
             f"{labels[index]}→{predicted[index]}",

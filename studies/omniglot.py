@@ -1,5 +1,7 @@
-"""The Omniglot study's table and figures: the MAML paper's Table 1 (Finn et al.
-2017), with first-order MAML as the Reptile paper reports it, and learning curves."""
+"""The MAML paper's Table 1 studies (Finn et al. 2017), Omniglot and miniImageNet:
+our accuracy beside the published one, and learning and adaptation curves. On
+Omniglot first-order MAML is as the Reptile paper reports it (the MAML paper gives
+first order only for miniImageNet)."""
 
 import statistics
 from collections import defaultdict
@@ -9,19 +11,24 @@ from runs import Run, attach_everywhere, load_run
 
 from metalearn.report import Line, find_jobs, plot_lines
 
-# Omniglot accuracy (%), ± 95% CI: MAML paper Table 1; first-order MAML from the
+# Accuracy (%), ± 95% CI: MAML paper Table 1; Omniglot's first-order MAML from the
 # Reptile paper's Table 2 (the MAML paper gives first order only for miniImageNet).
 PUBLISHED = {
-    ("maml", "5w1s"): "98.7 ± 0.4",
-    ("maml", "5w5s"): "99.9 ± 0.1",
-    ("maml", "20w1s"): "95.8 ± 0.3",
-    ("maml", "20w5s"): "98.9 ± 0.2",
-    ("fomaml", "5w1s"): "98.3 ± 0.5",
-    ("fomaml", "5w5s"): "99.2 ± 0.2",
-    ("fomaml", "20w1s"): "89.4 ± 0.5",
-    ("fomaml", "20w5s"): "97.9 ± 0.1",
+    ("omniglot", "maml", "5w1s"): "98.7 ± 0.4",
+    ("omniglot", "maml", "5w5s"): "99.9 ± 0.1",
+    ("omniglot", "maml", "20w1s"): "95.8 ± 0.3",
+    ("omniglot", "maml", "20w5s"): "98.9 ± 0.2",
+    ("omniglot", "fomaml", "5w1s"): "98.3 ± 0.5",
+    ("omniglot", "fomaml", "5w5s"): "99.2 ± 0.2",
+    ("omniglot", "fomaml", "20w1s"): "89.4 ± 0.5",
+    ("omniglot", "fomaml", "20w5s"): "97.9 ± 0.1",
+    ("mini_imagenet", "maml", "5w1s"): "48.70 ± 1.84",
+    ("mini_imagenet", "maml", "5w5s"): "63.11 ± 0.92",
+    ("mini_imagenet", "fomaml", "5w1s"): "48.07 ± 1.75",
+    ("mini_imagenet", "fomaml", "5w5s"): "63.15 ± 0.91",
 }
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
+TITLES = {"omniglot": "Omniglot", "mini_imagenet": "miniImageNet"}
 
 
 def setting_of(run: Run) -> str:
@@ -52,7 +59,7 @@ def _mean_ci(runs: list[Run], key: str) -> str:
     return text
 
 
-def results_table(runs: dict[tuple[str, str], list[Run]]) -> str:
+def results_table(runs: dict[tuple[str, str], list[Run]], dataset: str) -> str:
     """Markdown: our accuracy after the paper's test steps and after 10, beside the
     published one, with the meta-steps and training minutes each row had."""
     lines = [
@@ -71,7 +78,8 @@ def results_table(runs: dict[tuple[str, str], list[Run]]) -> str:
             lines.append(
                 f"| {setting} | {'MAML' if method == 'maml' else 'first-order MAML'} "
                 f"| {_mean_ci(group, f'acc@step{steps}')} (step {steps}) "
-                f"| {_mean_ci(group, 'acc@step10')} | {PUBLISHED[(method, setting)]} "
+                f"| {_mean_ci(group, 'acc@step10')} "
+                f"| {PUBLISHED.get((dataset, method, setting), '–')} "
                 f"| {'/'.join(map(str, done))} | {minutes / 60:.1f} | {len(group)} |"
             )
     return "\n".join(lines)
@@ -99,27 +107,36 @@ def adaptation_curve(run: Run) -> Line:
 
 
 def omniglot_figures(sweep_dir: Path, out: Path) -> str:
-    """Table 1 (written as omniglot_table1.md) and the two figures."""
+    return table1_figures(sweep_dir, out, "omniglot")
+
+
+def mini_imagenet_figures(sweep_dir: Path, out: Path) -> str:
+    return table1_figures(sweep_dir, out, "mini_imagenet")
+
+
+def table1_figures(sweep_dir: Path, out: Path, dataset: str) -> str:
+    """Table 1 (written as <dataset>_table1.md) and the two figures."""
     runs = finished_runs(sweep_dir)
     if not runs:
         raise SystemExit(f"no finished runs in {sweep_dir}")
+    name = TITLES[dataset]
     figures = {
-        "learning_curve": out / "omniglot_learning_curve.png",
-        "acc_vs_steps": out / "omniglot_acc_vs_steps.png",
+        "learning_curve": out / f"{dataset}_learning_curve.png",
+        "acc_vs_steps": out / f"{dataset}_acc_vs_steps.png",
     }
     plot_lines(
         curve_lines(runs, learning_curve), figures["learning_curve"],
         xlabel="meta-step", ylabel="test accuracy (%), paper's test steps",
-        title="Omniglot: test accuracy during meta-training",
+        title=f"{name}: test accuracy during meta-training",
     )  # fmt: skip
     plot_lines(
         curve_lines(runs, adaptation_curve), figures["acc_vs_steps"],
         xlabel="adaptation steps", ylabel="test accuracy (%)",
-        title="Omniglot: accuracy vs adaptation steps (600 test tasks)",
+        title=f"{name}: accuracy vs adaptation steps (600 test tasks)",
     )  # fmt: skip
     attach_everywhere(
         {str(i): r for i, r in enumerate(sum(runs.values(), []))}, figures
     )
-    text = results_table(runs) + "\n"
-    (out / "omniglot_table1.md").write_text(text)
+    text = results_table(runs, dataset) + "\n"
+    (out / f"{dataset}_table1.md").write_text(text)
     return text

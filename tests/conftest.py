@@ -84,3 +84,27 @@ def omniglot_root(tmp_path_factory) -> Path:
                 main(["omniglot", "--from", str(SHARED_NPZ), "--root", str(root)]) == 0
             )
     return root
+
+
+@pytest.fixture(scope="session")
+def image_folder_root(tmp_path_factory) -> Path:
+    """Generated class folders per split (tests/helpers.py: write_image_folder)."""
+    from helpers import write_image_folder
+
+    with made_once(tmp_path_factory, "image_folder") as (root, make):
+        if make:
+            write_image_folder(root, "split_folders")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mini_imagenet_standin(tmp_path_factory) -> SimpleNamespace:
+    """A data root with generated images under miniImageNet's own file names, 20
+    per class (enough for the 5-shot preset's 5 + 15), and split files listing
+    just those."""
+    from helpers import write_mini_standin
+
+    with made_once(tmp_path_factory, "mini_imagenet") as (root, make):
+        if make:
+            write_mini_standin(root / "mini_imagenet", root / "splits", 20, "images")
+    return SimpleNamespace(data_root=root, split_dir=root / "splits")

@@ -5,6 +5,7 @@ The one module tests import besides the library (test modules never import each
 other). `conftest.py` sets the environment before anything here starts JAX.
 """
 
+import csv
 import functools
 import importlib.util
 import json
@@ -19,8 +20,10 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "conf"
@@ -271,3 +274,90 @@ def find_runs(root: str | Path) -> list[Path]:
 
 def read_runs(root: str | Path) -> list[OfflineRun]:
     return [read_run(path) for path in find_runs(root)]
+
+
+# --- generated image datasets ---------------------------------------------------
+# Every synthetic class has its own colour pattern, and its id is written into the
+# first pixel's red value (PNG keeps it exactly), so an episode's images tell which
+# class they came from.
+
+SIDE = 12  # pixels of the generated images (resized to `image_size` by the task)
+SPLIT_CLASSES = {"train": 6, "val": 2, "test": 4}
+PER_CLASS = 12
+
+
+def class_image(class_id: int, index: int) -> np.ndarray:
+    """A [SIDE, SIDE, 3] image: the class's own pattern plus per-image noise."""
+    pattern = np.random.default_rng(class_id).integers(40, 216, (4, 4, 3))
+    image = np.kron(pattern, np.ones((SIDE // 4, SIDE // 4, 1)))
+    noise = np.random.default_rng(1000 * class_id + index).integers(
+        -30, 31, image.shape
+    )
+    image = np.clip(image + noise, 0, 255).astype(np.uint8)
+    image[0, 0, 0] = 10 * class_id % 256  # the class id (< 26), read from the pixels
+    return image
+
+
+def split_classes() -> dict[str, list[str]]:
+    """Class names per split: c00..c11."""
+    names, start = {}, 0
+    for split, count in SPLIT_CLASSES.items():
+        names[split] = [f"c{i:02d}" for i in range(start, start + count)]
+        start += count
+    return names
+
+
+def write_image_folder(root: Path, layout: str, suffix: str = ".png") -> dict:
+    """Writes the generated dataset in `layout`; returns the task options for it."""
+    for split, names in split_classes().items():
+        rows = []
+        for name in names:
+            class_id = int(name[1:])
+            for index in range(PER_CLASS):
+                filename = f"{name}{index:08d}{suffix}"
+                folder = {
+                    "split_folders": root / split / name,
+                    "class_folders": root / name,
+                    "csv": root / "images",
+                }[layout]
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(class_image(class_id, index)).save(folder / filename)
+                rows.append((filename, name))
+        if layout == "csv":
+            write_csv(root / "splits" / f"{split}.csv", rows)
+    options = [f"task.root={root}", f"task.layout={layout}"]
+    if layout == "csv":
+        options.append(f"task.split_dir={root / 'splits'}")
+    if layout == "class_folders":  # 12 classes: 6 train, 2 val, 4 test
+        options.append("task.split_fractions=[0.5,0.17,0.33]")
+    return {"overrides": options}
+
+
+def write_csv(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filename", "label"])
+        writer.writerows(rows)
+
+
+def write_mini_standin(root: Path, split_dir: Path, per_class: int, layout: str):
+    """Generated images under the Ravi split's own file names: the first `per_class`
+    files of every class (and split files listing just those)."""
+    from metalearn.tasks.mini_imagenet import ravi_split_dir
+
+    for split in ("train", "val", "test"):
+        with (ravi_split_dir() / f"{split}.csv").open() as f:
+            rows = list(csv.reader(f))[1:]
+        kept, seen = [], {}
+        for filename, label in rows:
+            if seen.setdefault(label, 0) < per_class:
+                seen[label] += 1
+                kept.append((filename, label))
+        write_csv(split_dir / f"{split}.csv", kept)
+        for number, (filename, label) in enumerate(kept):
+            folder = root / "images" if layout == "images" else root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            class_id = list(seen).index(label)
+            image = class_image(class_id, number)
+            Image.fromarray(image).save(folder / filename, quality=95)

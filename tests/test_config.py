@@ -99,14 +99,29 @@ def test_the_objective_defaults_to_the_tasks_headline_metric_after_eval_steps(
     assert typed_config(overrides).eval.objective == objective
 
 
-def build_overrides(group: str, option: str, data_root) -> list[str]:
+def data_overrides(request, overrides: list[str]) -> list[str]:
+    """The data options the image tasks among `overrides` need (fixtures)."""
+    if "task=omniglot" in overrides or any("omniglot" in o for o in overrides):
+        return [f"data.root={request.getfixturevalue('omniglot_root')}"]
+    if "task=image_folder" in overrides:
+        root = request.getfixturevalue("image_folder_root")
+        return [f"task.root={root}", "task.ways=3", "task.image_size=16"]
+    if any("mini_imagenet" in o for o in overrides):
+        standin = request.getfixturevalue("mini_imagenet_standin")
+        return [f"data.root={standin.data_root}", f"task.split_dir={standin.split_dir}"]
+    return []
+
+
+def build_overrides(request, group: str, option: str) -> list[str]:
     """`group=option`, with a task it can run on and the data that task needs."""
     overrides = [f"{group}={option}"]
     if (group, option) == ("model", "conv4"):  # a conv net needs images
         overrides.append("task=omniglot")
     if "task=omniglot" in overrides:  # 20 drawings per class: K + Q <= 20
-        overrides += [f"data.root={data_root}", "inner.k=1", "eval.num_query=15"]
-    return overrides
+        overrides += ["inner.k=1", "eval.num_query=15"]
+    if overrides[0] in ("task=image_folder", "task=mini_imagenet"):  # 12, 20 a class
+        overrides += ["inner.k=1", "eval.num_query=5", "outer.num_query=5"]
+    return [*overrides, *data_overrides(request, overrides)]
 
 
 OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
@@ -114,9 +129,7 @@ OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 
 @pytest.mark.parametrize("group, option", OPTIONS)
 def test_every_option_composes_and_builds(request, group, option):
-    needs_data = "omniglot" in option or option == "conv4"
-    root = request.getfixturevalue("omniglot_root") if needs_data else None
-    config = typed_config(build_overrides(group, option, root))
+    config = typed_config(build_overrides(request, group, option))
     validate(config)
     parts = build(config)
     assert getattr(config, group).name in GROUPS[group]
@@ -141,10 +154,7 @@ PRESETS = (
 
 @pytest.mark.parametrize("overrides", PRESETS, ids=" ".join)
 def test_every_preset_and_variant_composes_and_builds(request, overrides):
-    if any("omniglot" in o for o in overrides):
-        root = request.getfixturevalue("omniglot_root")
-        overrides = [*overrides, f"data.root={root}"]
-    config = typed_config(overrides)
+    config = typed_config([*overrides, *data_overrides(request, overrides)])
     validate(config)
     build(config)
 

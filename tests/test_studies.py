@@ -139,3 +139,41 @@ def test_the_budget_table_reports_steps_speed_and_accuracy_with_cis(tmp_path):
         "| fo5w1s | 5w1s | first | mean | 0.4 | 0.003 | 3,000 | 3.33 | 20.0 ± 1.0 "
         "| 41.0 ± 1.0 (step 3) | 90.0 ± 1.0 |"
     )
+
+
+def table1_run(ways: int, k: int, first_order: bool, acc: float, seed: int):
+    """A finished run as the Table 1 studies read it (no training needed)."""
+    from types import SimpleNamespace as Namespace
+
+    config = Namespace(
+        task=Namespace(ways=ways),
+        inner=Namespace(k=k),
+        algo=Namespace(first_order=first_order),
+        eval=Namespace(objective="acc@step10", steps=10),
+        seed=seed,
+    )
+    summary = {"train/steps": 500, "train/seconds": 90.0}
+    for step in range(11):
+        summary[f"eval/acc@step{step}"] = acc
+        summary[f"eval/acc_ci95@step{step}"] = 0.02
+    return runs.Run(REPO, config, summary, [])
+
+
+def test_table1_rows_sit_beside_the_papers_numbers():
+    import omniglot
+
+    grouped = {
+        ("maml", "5w1s"): [
+            table1_run(5, 1, False, a, s) for s, a in [(0, 0.5), (1, 0.4)]
+        ],
+        ("fomaml", "5w5s"): [table1_run(5, 5, True, 0.6, 0)],
+    }
+    rows = omniglot.results_table(grouped, "mini_imagenet").splitlines()[2:]
+    assert rows[0] == (
+        "| 5w1s | MAML | 45.0 ± 2.0 (seeds 50.0, 40.0) (step 10) "
+        "| 45.0 ± 2.0 (seeds 50.0, 40.0) | 48.70 ± 1.84 | 500 | 1.5 | 2 |"
+    )
+    assert "| 5w5s | first-order MAML | 60.0 ± 2.0 (step 10) " in rows[1]
+    assert "| 63.15 ± 0.91 |" in rows[1]
+    omniglot_rows = omniglot.results_table(grouped, "omniglot").splitlines()[2:]
+    assert "| 98.7 ± 0.4 |" in omniglot_rows[0] and "| 99.2 ± 0.2 |" in omniglot_rows[1]

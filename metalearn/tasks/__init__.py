@@ -56,7 +56,10 @@ class TaskFamily(NamedTuple):
         num_classes: classification: how many classes the family draws from (the
             size of a classifier over all of them); None for regression.
         examples_per_class: classification: examples each class has (a task's
-            support plus query per class cannot exceed it); None: unlimited.
+            support plus query per class cannot exceed it; the smallest class's
+            count when they differ); None: unlimited.
+        smallest_class: the name of the class with `examples_per_class`, when
+            classes differ in size (named in the error when a task needs more).
     """
 
     name: str
@@ -68,6 +71,7 @@ class TaskFamily(NamedTuple):
     output_size: int
     num_classes: int | None = None
     examples_per_class: int | None = None
+    smallest_class: str | None = None
 
 
 class TaskSplits(NamedTuple):
