@@ -99,10 +99,14 @@ def test_the_objective_defaults_to_the_tasks_headline_metric_after_eval_steps(
     assert typed_config(overrides).eval.objective == objective
 
 
+# a conv net needs images; ProtoNets classify
+NEED_IMAGES = {("model", "conv4"), ("algo", "protonet")}
+
+
 def build_overrides(group: str, option: str, data_root) -> list[str]:
     """`group=option`, with a task it can run on and the data that task needs."""
     overrides = [f"{group}={option}"]
-    if (group, option) == ("model", "conv4"):  # a conv net needs images
+    if (group, option) in NEED_IMAGES:
         overrides.append("task=omniglot")
     if "task=omniglot" in overrides:  # 20 drawings per class: K + Q <= 20
         overrides += [f"data.root={data_root}", "inner.k=1", "eval.num_query=15"]
@@ -114,7 +118,7 @@ OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 
 @pytest.mark.parametrize("group, option", OPTIONS)
 def test_every_option_composes_and_builds(request, group, option):
-    needs_data = "omniglot" in option or option == "conv4"
+    needs_data = "omniglot" in option or (group, option) in NEED_IMAGES
     root = request.getfixturevalue("omniglot_root") if needs_data else None
     config = typed_config(build_overrides(group, option, root))
     validate(config)
@@ -337,6 +341,11 @@ def test_an_objective_at_an_extra_k_is_allowed():
         ("task.amp_min=6", "task.amp_min=6.0 is not allowed: it must be <= amp_max"),
         ("optimizer.b2=1", "optimizer.b2=1.0 is not allowed: it must be in [0, 1)"),
         ("eval.objective=acc@step1", "eval.objective=acc@step1 is not allowed"),
+        (
+            "algo=protonet",
+            "algo=protonet is not allowed with task=sinusoid: it classifies, choose "
+            "a classification task (omniglot)",
+        ),
         (
             "logger.mode=sometimes",
             "logger.mode=sometimes is not allowed: choose one of offline, online",
