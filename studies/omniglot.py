@@ -1,5 +1,6 @@
 """The Omniglot study's table and figures: the MAML paper's Table 1 (Finn et al.
-2017), with first-order MAML as the Reptile paper reports it, and learning curves."""
+2017), with first-order MAML as the Reptile paper reports it (and Prototypical
+Networks, for `algo=protonet` runs in the sweep dir), and learning curves."""
 
 import statistics
 from collections import defaultdict
@@ -20,6 +21,17 @@ PUBLISHED = {
     ("fomaml", "5w5s"): "99.2 ± 0.2",
     ("fomaml", "20w1s"): "89.4 ± 0.5",
     ("fomaml", "20w5s"): "97.9 ± 0.1",
+    # Snell et al. 2017, Table 1 (as issue #14 quotes it; not in our papers notes):
+    # Vinyals split, trained with 60-way episodes, so not the MAML protocol
+    ("protonet", "5w1s"): "98.8",
+    ("protonet", "5w5s"): "99.7",
+    ("protonet", "20w1s"): "96.0",
+    ("protonet", "20w5s"): "98.9",
+}
+METHODS = {
+    "maml": "MAML",
+    "fomaml": "first-order MAML",
+    "protonet": "Prototypical Networks",
 }
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 
@@ -29,6 +41,8 @@ def setting_of(run: Run) -> str:
 
 
 def method_of(run: Run) -> str:
+    if run.algo == "protonet":
+        return "protonet"
     return "fomaml" if run.config.algo.first_order else "maml"
 
 
@@ -61,7 +75,7 @@ def results_table(runs: dict[tuple[str, str], list[Run]]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for setting in SETTINGS:
-        for method in ("maml", "fomaml"):
+        for method in METHODS:
             group = runs.get((method, setting))
             if not group:
                 continue
@@ -69,7 +83,7 @@ def results_table(runs: dict[tuple[str, str], list[Run]]) -> str:
             done = sorted({int(run.summary["train/steps"]) for run in group})
             minutes = statistics.fmean(run.summary["train/seconds"] for run in group)
             lines.append(
-                f"| {setting} | {'MAML' if method == 'maml' else 'first-order MAML'} "
+                f"| {setting} | {METHODS[method]} "
                 f"| {_mean_ci(group, f'acc@step{steps}')} (step {steps}) "
                 f"| {_mean_ci(group, 'acc@step10')} | {PUBLISHED[(method, setting)]} "
                 f"| {'/'.join(map(str, done))} | {minutes / 60:.1f} | {len(group)} |"
