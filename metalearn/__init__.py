@@ -26,6 +26,7 @@ _EXPORTS = {
         "make_maml",
         "make_metasgd",
         "make_pretrained",
+        "make_protonet",
         "make_reptile",
         "make_sgd_baseline",
     ],

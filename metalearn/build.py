@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from metalearn import figures
@@ -18,6 +17,7 @@ from metalearn.algorithms import Algorithm
 from metalearn.config import GROUPS, Config, ConfigError, check_objective, options_of
 from metalearn.evaluation import (
     EvaluateFn,
+    adaptation_curve,
     flatten_scores,
     make_evaluate,
     support_of,
@@ -65,6 +65,7 @@ def build(config: Config) -> Parts:
     tasks = create("task", config.task, Path(config.data.root))
     train = tasks.train
     model = create("model", config.model, train.input_shape, train.output_size)
+    check_algo_fits_task(config, train)
     algorithm = create(
         "algo", config.algo, model, train, config.inner.lr, config.inner.steps
     )
@@ -76,6 +77,21 @@ def build(config: Config) -> Parts:
         config.eval.objective, _metric_names(config, tasks.test), config.eval.steps
     )
     return Parts(tasks, model, algorithm, flat_optimizer(optimizer))
+
+
+def check_algo_fits_task(config: Config, family: TaskFamily) -> None:
+    """Raises `ConfigError` for a classification-only algorithm (registered with
+    `classification_only=True`, e.g. protonet) on a regression task."""
+    name = config.algo.name
+    if GROUPS["algo"].metadata(name).get("classification_only") and (
+        family.num_classes is None
+    ):
+        tasks = GROUPS["task"]
+        allowed = [t for t in tasks if tasks.metadata(t)["headline"] == "acc"]
+        raise ConfigError(
+            f"algo={name} is not allowed with task={config.task.name}: it classifies, "
+            f"choose a classification task ({', '.join(allowed)})"
+        )
 
 
 def check_examples_per_class(config: Config, tasks: TaskSplits) -> None:
@@ -243,17 +259,16 @@ def make_prediction_figure(
     @jax.jit
     def adapt_and_predict(meta_params, model_state, data):
         task = family.sample(task_key, data, config.eval.k, config.eval.num_query)
-        params = algorithm.adapt_init(meta_params, adapt_key)
-
-        def body(carry, _):
-            params, state = algorithm.adapt_step(
-                meta_params, carry[0], carry[1], *support_of(task)
-            )
-            return (params, state), algorithm.predict(params, state, task.query_inputs)
-
-        first = algorithm.predict(params, model_state, task.query_inputs)
-        _, rest = jax.lax.scan(body, (params, model_state), None, length=steps)
-        return task, jnp.concatenate([first[None], rest])
+        predictions = adaptation_curve(
+            algorithm,
+            meta_params,
+            model_state,
+            adapt_key,
+            support_of(task),
+            steps,
+            lambda params, state: algorithm.predict(params, state, task.query_inputs),
+        )
+        return task, predictions
 
     def draw(state: TrainState) -> dict[str, str]:
         task, predictions = jax.device_get(

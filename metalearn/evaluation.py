@@ -5,8 +5,12 @@ task family (for a dataset split by class: the test classes only), so every run
 and every algorithm is scored on the same tasks. Each task starts from the
 algorithm's `adapt_init`, takes `num_steps` of the algorithm's own `adapt_step` on
 its support set, and is scored on its query set after every step (0 = before
-adapting). Reported per metric and step: the mean over tasks, the half-width of its
-95% confidence interval, `1.96 * std / sqrt(num_tasks)`, and the median.
+adapting). An algorithm without adaptation steps (`adapts_once`: ProtoNets, whose
+adaptation is computing the support set's prototypes) adapts once, and that score
+is reported at every step 0..num_steps: a flat curve, the same number whichever
+step a table or an objective reads. Reported per metric and step: the mean over
+tasks, the half-width of its 95% confidence interval, `1.96 * std /
+sqrt(num_tasks)`, and the median.
 
 Tasks are sampled and adapted `tasks_per_batch` at a time (one compiled program
 per chunk), so memory is bounded by the chunk, and the caller can stop between
@@ -90,18 +94,14 @@ def make_evaluate(
 
     def one_task(meta_params, model_state, data, task_key, adapt_key) -> Scores:
         batch = task.sample(task_key, data, num_support, num_query)
-        params = algorithm.adapt_init(meta_params, adapt_key)
-
-        def body(carry, _):
-            params, state = algorithm.adapt_step(
-                meta_params, carry[0], carry[1], *support_of(batch)
-            )
-            return (params, state), score(params, state, batch)
-
-        before = score(params, model_state, batch)
-        _, after = jax.lax.scan(body, (params, model_state), None, length=num_steps)
-        return jax.tree.map(
-            lambda first, rest: jnp.concatenate([first[None], rest]), before, after
+        return adaptation_curve(
+            algorithm,
+            meta_params,
+            model_state,
+            adapt_key,
+            support_of(batch),
+            num_steps,
+            lambda params, state: score(params, state, batch),
         )
 
     @jax.jit
@@ -155,6 +155,41 @@ def make_evaluate(
 
 def support_of(batch: TaskBatch) -> tuple[jax.Array, jax.Array]:
     return batch.support_inputs, batch.support_targets
+
+
+def adaptation_curve(
+    algorithm: Algorithm,
+    meta_params,
+    model_state,
+    adapt_key: jax.Array,
+    support: tuple[jax.Array, jax.Array],
+    num_steps: int,
+    observe: Callable[[Any, Any], Any],
+) -> Any:
+    """`observe(params, model_state)` after 0..`num_steps` adaptation steps on
+    `support`, each leaf stacked on a new leading axis `[num_steps + 1, ...]`.
+
+    An algorithm that `adapts_once` (ProtoNets) takes one step and that one
+    observation stands for every step, 0 included: its step 0 is the adapted
+    model, not a model that has not seen the support set.
+    """
+    params = algorithm.adapt_init(meta_params, adapt_key)
+    if algorithm.adapts_once:
+        params, state = algorithm.adapt_step(meta_params, params, model_state, *support)
+        seen = observe(params, state)
+        return jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (num_steps + 1, *x.shape)), seen
+        )
+
+    def body(carry, _):
+        params, state = algorithm.adapt_step(meta_params, carry[0], carry[1], *support)
+        return (params, state), observe(params, state)
+
+    before = observe(params, model_state)
+    _, after = jax.lax.scan(body, (params, model_state), None, length=num_steps)
+    return jax.tree.map(
+        lambda first, rest: jnp.concatenate([first[None], rest]), before, after
+    )
 
 
 @jax.jit

@@ -58,12 +58,15 @@ class Model(NamedTuple):
             (the head) sees.
         head: `params -> bool pytree` marking the parameters of the final layer (the
             part ANIL adapts).
+        body: `params -> params` without the final layer's: all that `embed` reads
+            (the network an embedding method such as ProtoNets meta-learns).
     """
 
     init: Callable[[jax.Array, jax.Array], tuple[Params, ModelState]]
     apply: Callable[[Params, ModelState, jax.Array, bool], tuple[jax.Array, ModelState]]
     embed: Callable[[Params, ModelState, jax.Array], jax.Array]
     head: Callable[[Params], Any]
+    body: Callable[[Params], Params]
 
 
 Forward = Callable[[jax.Array, bool, bool], jax.Array]
@@ -88,7 +91,10 @@ def _from_haiku(forward: Forward) -> Model:
             for module, leaves in params.items()
         }
 
-    return Model(init=init, apply=apply, embed=embed, head=head)
+    def body(params: Params) -> Params:
+        return {module: p for module, p in params.items() if module != HEAD_MODULE}
+
+    return Model(init=init, apply=apply, embed=embed, head=head, body=body)
 
 
 @MODELS.register("mlp")

@@ -22,12 +22,13 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
 from matplotlib.figure import Figure
+from tqdm import tqdm
 
 from metalearn.loggers import log_report, wandb_mode
 from metalearn.metrics import GOALS
@@ -91,7 +92,10 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
     """Every job dir (one holding `.hydra/overrides.yaml`) below `sweep_dir`."""
     paths = [p.parent.parent for p in sweep_dir.rglob(f"{HYDRA_DIR}/overrides.yaml")]
     numbered = sorted(paths, key=lambda p: [_natural(part) for part in p.parts])
-    return [read_job(path) for path in numbered]
+    # a bar on a terminal only (disable=None), as every bar here: a sweep of
+    # hundreds of jobs takes a while to read
+    bar = tqdm(numbered, desc="reading jobs", unit="job", leave=False, disable=None)
+    return [read_job(path) for path in bar]
 
 
 def _natural(text: str) -> tuple[float, str]:
@@ -338,9 +342,13 @@ def write_report(sweep_dir: Path, over: Sequence[str] = ("seed",)) -> list[Group
     groups = group_jobs([job for job in jobs if job not in unreadable], over)
     write_tables(groups, sweep_dir, unreadable)
     metrics = metric_names(groups)
+    figures: dict[str, Callable[[Path], None]] = {}
     if metrics:
-        plot_adaptation(groups, metrics[0], sweep_dir / "adaptation.png")
-    plot_meta_loss(groups, sweep_dir / "meta_loss.png")
+        figures["adaptation.png"] = lambda p: plot_adaptation(groups, metrics[0], p)
+    figures["meta_loss.png"] = lambda p: plot_meta_loss(groups, p)
+    bar = tqdm(figures.items(), "drawing figures", leave=False, disable=None)
+    for name, draw in bar:
+        draw(sweep_dir / name)
     return groups
 
 

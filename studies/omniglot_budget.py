@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 REPO = Path(__file__).resolve().parents[1]
 
 RUNS = {
@@ -92,7 +94,9 @@ def main() -> int:
     args = parser.parse_args()
     failed = []
     if not args.tabulate_only:
-        for name in args.only or RUNS:
+        names = args.only or list(RUNS)
+        # a bar on a terminal only: each run is minutes of its own output
+        for name in tqdm(names, desc="omniglot budget runs", unit="run", disable=None):
             if run(name, args.runs, args.minutes):
                 failed.append(name)
     text = table(args.runs)

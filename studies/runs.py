@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 import yaml
+from tqdm import tqdm
 
 from metalearn import loggers
 from metalearn.build import Parts, build
@@ -96,5 +97,8 @@ def attach_figures(run: Run, figures: dict[str, Path]) -> bool:
 
 def attach_everywhere(runs: dict[str, Run], figures: dict[str, Path]) -> None:
     """Logs the study's figures to each of its W&B runs (when W&B was on)."""
-    for run in runs.values():
+    # each W&B run is reopened to log to it: seconds per run, shown on a terminal
+    bar = tqdm(runs.values(), desc="logging figures to W&B runs", unit="run",
+               leave=False, disable=None)  # fmt: skip
+    for run in bar:
         attach_figures(run, figures)

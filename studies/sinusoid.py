@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 from runs import Run, attach_everywhere, load_trained, runs_by
+from tqdm import tqdm
 
 from metalearn.report import plot_lines
 
@@ -68,7 +69,9 @@ def plot_fits(
     """Grid of panels (run x K): target, support points, fits after `steps`."""
     fig = Figure(figsize=(5 * len(runs), 3.6 * len(shots)))
     axes = fig.subplots(len(shots), len(runs), squeeze=False)
-    for column, (label, run) in enumerate(runs.items()):
+    # restoring and compiling each run's model takes seconds: a bar on a terminal
+    bar = tqdm(runs.items(), desc="fitting runs", unit="run", leave=False, disable=None)
+    for column, (label, run) in enumerate(bar):
         parts, meta_params, model_state = load_trained(run)
         for row, k in enumerate(shots):
             inputs, targets, grid, truth = sinusoid_task(

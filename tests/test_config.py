@@ -112,10 +112,14 @@ def data_overrides(request, overrides: list[str]) -> list[str]:
     return []
 
 
+# a conv net needs images; ProtoNets classify
+NEED_IMAGES = {("model", "conv4"), ("algo", "protonet")}
+
+
 def build_overrides(request, group: str, option: str) -> list[str]:
     """`group=option`, with a task it can run on and the data that task needs."""
     overrides = [f"{group}={option}"]
-    if (group, option) == ("model", "conv4"):  # a conv net needs images
+    if (group, option) in NEED_IMAGES:
         overrides.append("task=omniglot")
     if "task=omniglot" in overrides:  # 20 drawings per class: K + Q <= 20
         overrides += ["inner.k=1", "eval.num_query=15"]
@@ -347,6 +351,11 @@ def test_an_objective_at_an_extra_k_is_allowed():
         ("task.amp_min=6", "task.amp_min=6.0 is not allowed: it must be <= amp_max"),
         ("optimizer.b2=1", "optimizer.b2=1.0 is not allowed: it must be in [0, 1)"),
         ("eval.objective=acc@step1", "eval.objective=acc@step1 is not allowed"),
+        (
+            "algo=protonet",
+            "algo=protonet is not allowed with task=sinusoid: it classifies, choose "
+            "a classification task (image_folder, mini_imagenet, omniglot)",
+        ),
         (
             "logger.mode=sometimes",
             "logger.mode=sometimes is not allowed: choose one of offline, online",

@@ -1,7 +1,7 @@
 """Omniglot end to end: a run, every algorithm, learning, bad input."""
 
 import pytest
-from helpers import read_json, train_main
+from helpers import read_json, read_runs, train_main
 
 from metalearn.algorithms import ALGORITHMS
 
@@ -71,6 +71,25 @@ def test_maml_learns_omniglot_well_above_chance_and_step_0_is_chance(
     # nothing of a test task leaks into step 0: chance within its CI
     step0, ci = summary["eval/acc@step0"], summary["eval/acc_ci95@step0"]
     assert abs(step0 - 0.2) <= ci + 0.01
+
+
+@pytest.mark.slow  # ~40 s: conv4 compiles, 500 meta-steps
+def test_protonet_learns_omniglot_above_chance_with_a_flat_adaptation_curve(
+    tmp_path, omniglot_root
+):
+    summary = tiny_run(
+        tmp_path, omniglot_root, "algo=protonet", "model.filters=16",
+        "outer.batch=8", "outer.steps=500", "outer.lr=0.003", "train.log_every=250",
+        "eval.num_tasks=100", "logger=wandb",
+    )  # fmt: skip
+    acc, ci = summary["eval/acc@step2"], summary["eval/acc_ci95@step2"]
+    assert acc - ci > 0.45  # chance is 1/3
+    for key in ("acc", "acc_ci95", "loss"):  # no inner steps: one score, every step
+        assert summary[f"eval/{key}@step0"] == summary[f"eval/{key}@step2"]
+        assert summary[f"eval/{key}@step1"] == summary[f"eval/{key}@step2"]
+    (run,) = read_runs(tmp_path)
+    assert run.job_type == "protonet"
+    assert run.summary["eval/acc@step0"] == pytest.approx(acc)
 
 
 @pytest.mark.parametrize(

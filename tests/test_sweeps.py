@@ -2,10 +2,12 @@
 launcher and sweeper plugins."""
 
 import csv
+import io
 import json
 import math
 import shutil
 import statistics
+import sys
 
 import pytest
 import yaml
@@ -81,6 +83,28 @@ def test_report_averages_over_seeds_and_marks_failed_and_unfinished_jobs(tmp_pat
     assert "| maml | 3/3 | ok |" in (tmp_path / "report.md").read_text()
     for figure in ("adaptation.png", "meta_loss.png"):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_report_shows_progress_bars_on_a_terminal_only(
+    tmp_path, capsys, monkeypatch, terminal
+):
+    for seed in range(3):
+        fake_job(tmp_path, seed, ["algo=maml", f"seed={seed}"], scores(0.1))
+    if terminal:
+        monkeypatch.setattr("sys.stderr", Terminal())
+    report.main([str(tmp_path)])
+    shown = sys.stderr.getvalue() if terminal else capsys.readouterr().err
+    if terminal:
+        assert "reading jobs" in shown and "0/3" in shown  # its total: 3 jobs
+        assert "drawing figures" in shown
+    else:
+        assert shown == ""  # nothing beyond the report itself when piped
 
 
 def test_report_trusts_status_over_a_stale_summary_and_adds_over_keys(tmp_path):

@@ -17,6 +17,7 @@ from metalearn.algorithms.anil import make_anil  # noqa: E402
 from metalearn.algorithms.maml import make_maml  # noqa: E402
 from metalearn.algorithms.metasgd import make_metasgd  # noqa: E402
 from metalearn.algorithms.pretrained import make_pretrained  # noqa: E402
+from metalearn.algorithms.protonet import make_protonet  # noqa: E402
 from metalearn.algorithms.reptile import make_reptile  # noqa: E402
 from metalearn.algorithms.sgd import make_sgd_baseline  # noqa: E402
 
@@ -28,6 +29,7 @@ __all__ = [
     "make_maml",
     "make_metasgd",
     "make_pretrained",
+    "make_protonet",
     "make_reptile",
     "make_sgd_baseline",
 ]

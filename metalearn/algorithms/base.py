@@ -3,8 +3,9 @@
 Like optax's `GradientTransformation`, an algorithm is a `NamedTuple` of pure
 functions built by a `make_<algo>(model, task, inner_lr, inner_steps, *, options)`
 factory registered in `ALGORITHMS`. The trainer only calls `init` and `meta_grad`;
-the evaluation protocol only calls `adapt_init`, `adapt_step` and `predict`.
-Nothing algorithm-specific lives outside the algorithm's own module.
+the evaluation protocol only calls `adapt_init`, `adapt_step` and `predict` (and
+reads `adapts_once`). Nothing algorithm-specific lives outside the algorithm's own
+module.
 """
 
 import functools
@@ -83,6 +84,11 @@ class Algorithm(NamedTuple):
         adapt_step: `(meta_params, params, model_state, inputs, targets) -> (params,
             model_state)`, one adaptation step on a support set `[K, ...]`.
         predict: `(params, model_state, inputs) -> predictions`.
+        adapts_once: True when one `adapt_step` is the whole adaptation and more
+            steps would change nothing (ProtoNets: it computes the support set's
+            prototypes). Evaluation then takes it once and reports its score at
+            every step 0..`eval.steps`, so the curve is flat instead of showing
+            a step 0 that never saw the support set.
     """
 
     name: str
@@ -91,6 +97,7 @@ class Algorithm(NamedTuple):
     adapt_init: AdaptInitFn
     adapt_step: AdaptStepFn
     predict: PredictFn
+    adapts_once: bool = False
 
 
 class TaskObjective(Protocol):
