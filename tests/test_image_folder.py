@@ -204,6 +204,8 @@ def test_bad_options_name_the_key(tmp_path, capsys):
         "task.channels=2": "task.channels=2 is not allowed: 1 (grey) or 3 (RGB)",
         "inner.k=10": f"class c00 of task=image_folder has only {PER_CLASS} examples",
         "task.layout=csv": "task.split_dir=None is not allowed",
+        "task.split_fractions=[0,0,0]": "three shares >= 0 (train, val, test), not",
+        "task.split_fractions=[1,0,1]": "the val split of",
     }
     for override, message in cases.items():
         code = train_main(

@@ -189,10 +189,12 @@ def make_image_folder(
         "layout csv needs the folder of {train,val,test}.csv",
     )
     check_option(
-        len(split_fractions) == 3 and all(f >= 0 for f in split_fractions),
+        len(split_fractions) == 3
+        and all(f >= 0 for f in split_fractions)
+        and sum(split_fractions) > 0,
         "split_fractions",
         split_fractions,
-        "three shares >= 0 (train, val, test)",
+        "three shares >= 0 (train, val, test), not all 0",
     )
     source = Path(str(root)).expanduser()
     found = find_classes(
