@@ -2,6 +2,7 @@
 `python train.py` meets them (its `main()`, in this process unless a fresh
 interpreter is the point)."""
 
+import errno
 import json
 import os
 import shutil
@@ -25,10 +26,11 @@ from helpers import (
     train_main,
     without_timing,
 )
+from orbax.checkpoint._src.path import async_path
 
-from metalearn import report
+from metalearn import loggers, report, rundir
 from metalearn.build import build
-from metalearn.checkpoints import Checkpointer
+from metalearn.checkpoints import Checkpointer, damage
 from metalearn.config import typed
 from metalearn.rundir import (
     CHECKPOINT_DIR,
@@ -38,6 +40,7 @@ from metalearn.rundir import (
     SUMMARY_FILE,
     ExitCode,
     RunLock,
+    checkpoint_steps,
     has_checkpoint,
 )
 from metalearn.trainer import init_train_state
@@ -341,3 +344,105 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_training(
     assert "lower outer.batch, inner.k, outer.num_query, inner.steps" in err
     assert not has_checkpoint(tmp_path)  # no training happened
     assert state_of(tmp_path) == "failed"
+
+
+# --- the disk fails mid-run ------------------------------------------------------
+
+
+def no_space(path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+class FailingWrites:
+    """A file whose writes fail (`fails()` says when), as on a full disk."""
+
+    def __init__(self, file, fails):
+        self._file, self._fails = file, fails
+
+    def write(self, text):
+        if self._fails():
+            raise no_space(self._file.name)
+        return self._file.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+class BrokenDisk:
+    """Write faults of a run with checkpoints at meta-steps 20 and 40 and history
+    rows at 10, 20, 30 and 40: `checkpoint` refuses orbax's last step of writing
+    checkpoint 40 (the rename of its complete temporary dir), `history` refuses
+    the history row of step 30, `disk` is full from checkpoint 40 on (every later
+    write fails too, `status.json` included)."""
+
+    def __init__(self, fault: str, monkeypatch):
+        self.fault, self.full, self.rows = fault, False, 0
+        self._rename = async_path.rename  # orbax's own file system call
+        self._write = rundir.write_text_atomically
+        monkeypatch.setattr(async_path, "rename", self.rename)
+        monkeypatch.setattr(rundir, "write_text_atomically", self.write_text)
+        monkeypatch.setattr(loggers, "open", self.open, raising=False)
+
+    async def rename(self, src, dst):
+        if self.full or self.fault != "history" and dst.name == "40":
+            self.full = self.fault == "disk"
+            raise no_space(dst)
+        return await self._rename(src, dst)
+
+    def write_text(self, path, text):
+        if self.full:
+            raise no_space(path)
+        self._write(path, text)
+
+    def open(self, path, *args, **kwargs):
+        return FailingWrites(open(path, *args, **kwargs), self.history_fails)
+
+    def history_fails(self) -> bool:
+        self.rows += 1
+        return self.full or self.fault == "history" and self.rows == 3
+
+
+def run_on_a_broken_disk(fault, tmp_path, capsys, monkeypatch):
+    """A quick run on `BrokenDisk(fault)`: its run dir and the line it ends with
+    (checked: exit code 1, no traceback)."""
+    run_dir = tmp_path / "run"
+    BrokenDisk(fault, monkeypatch)
+    code = train_main(
+        *QUICK, "checkpoint.every=20", "logger=none", f"hydra.run.dir={run_dir}"
+    )
+    monkeypatch.undo()  # the disk works again
+    out, err = capsys.readouterr()
+    assert code == ExitCode.FAILED and "Traceback" not in out + err
+    assert not (run_dir / SUMMARY_FILE).exists()
+    assert checkpoint_steps(run_dir) == [20]  # orbax's temporary dir is no step
+    assert damage(run_dir / CHECKPOINT_DIR / "20") is None
+    return run_dir, err.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "fault, path", [("checkpoint", f"{CHECKPOINT_DIR}/40"), ("history", HISTORY_FILE)]
+)
+def test_a_file_that_cannot_be_written_mid_run_ends_it_in_one_line(
+    tmp_path, capsys, monkeypatch, fault, path
+):
+    run_dir, line = run_on_a_broken_disk(fault, tmp_path, capsys, monkeypatch)
+    assert line == (
+        f"Output failed: cannot write {run_dir / path}: No space left on device"
+    )
+    assert read_json(run_dir / STATUS_FILE) == {"state": "failed", "error": line}
+
+
+def test_a_full_disk_mid_run_loses_no_training_and_the_run_resumes(
+    tmp_path, capsys, monkeypatch
+):
+    run_dir, line = run_on_a_broken_disk("disk", tmp_path, capsys, monkeypatch)
+    # the first write that failed is named, not the last (status.json's)
+    checkpoint = run_dir / CHECKPOINT_DIR / "40"
+    assert line == f"Output failed: cannot write {checkpoint}: No space left on device"
+    assert state_of(run_dir) == "running"  # as it was: no half-written status.json
+
+    assert train_main(f"resume={run_dir}") == 0  # on from checkpoint 20
+    assert read_json(run_dir / SUMMARY_FILE)["train/steps"] == 40
+    assert state_of(run_dir) == "finished"
+    rows = [json.loads(line)["step"] for line in (run_dir / HISTORY_FILE).open()]
+    assert rows == [10, 20, 30, 40]
