@@ -3,12 +3,18 @@
 interpreter is the point)."""
 
 import errno
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import jax
@@ -446,3 +452,72 @@ def test_a_full_disk_mid_run_loses_no_training_and_the_run_resumes(
     assert state_of(run_dir) == "finished"
     rows = [json.loads(line)["step"] for line in (run_dir / HISTORY_FILE).open()]
     assert rows == [10, 20, 30, 40]
+
+
+# --- a stop request during evaluation --------------------------------------------
+
+
+def read_terminal(terminal: int, until=None, timeout: float = 60) -> str:
+    """What a process wrote to the terminal whose master end is `terminal`, read
+    until the regex `until` matches it, or (None) to the end of the process."""
+    output, deadline = "", time.monotonic() + timeout
+    while until is None or not until.search(output):
+        assert time.monotonic() < deadline, output[-2000:]
+        if not select.select([terminal], [], [], 0.05)[0]:
+            continue
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # EIO: the process has ended, and closed its end
+            chunk = b""
+        if not chunk:
+            break
+        output += chunk.decode(errors="replace")
+    return output
+
+
+def test_a_stop_during_the_final_evaluation_ends_it_within_seconds_training_saved(
+    tmp_path,
+):
+    run_dir = tmp_path / "run"
+    overrides = ["outer.steps=20", "train.log_every=10", "eval.every=0"]
+    # 2000 held-out tasks one at a time: an evaluation of seconds to a minute
+    overrides += ["eval.num_tasks=2000", "eval.tasks_per_batch=1", "eval.steps=1"]
+    overrides += ["eval.num_query=20", "eval.figures=false", "logger=none"]
+    # on a terminal (of 120 columns: tqdm draws nothing in 0), so that the
+    # evaluation draws its progress bar
+    terminal, its_end = pty.openpty()
+    fcntl.ioctl(its_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        stdout=its_end,
+        stderr=its_end,
+    )
+    os.close(its_end)
+    try:
+        some_tasks_done = re.compile(r"evaluating: *[1-9]\d*task")
+        output = read_terminal(terminal, some_tasks_done, timeout=120)
+        assert process.poll() is None, output[-2000:]
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        output += read_terminal(terminal)
+        process.wait(timeout=10)
+        seconds = time.monotonic() - signalled
+    finally:
+        process.kill()
+        os.close(terminal)
+
+    assert process.returncode == ExitCode.PREEMPTED, output[-2000:]
+    assert "Traceback" not in output
+    done = re.search(r"during evaluation \(stopped after (\d+) of 2000 tasks\)", output)
+    assert done and 0 < int(done[1]) < 2000, output[-2000:]
+    assert seconds < 15
+    assert state_of(run_dir) == "preempted"
+    assert checkpoint_steps(run_dir) == [20]  # all the training, saved
+
+    # the resume has nothing left to train: it evaluates (in larger chunks) and ends
+    assert train_main(f"resume={run_dir}", "eval.tasks_per_batch=1000") == 0
+    summary = read_json(run_dir / SUMMARY_FILE)
+    rows = [json.loads(line) for line in (run_dir / HISTORY_FILE).open()]
+    assert [row["step"] for row in rows] == [10, 20] and summary["train/steps"] == 20
+    assert summary["train/meta_loss"] == rows[-1]["train/meta_loss"]  # step 20's
