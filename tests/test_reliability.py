@@ -5,6 +5,7 @@ interpreter is the point)."""
 import errno
 import fcntl
 import json
+import logging
 import os
 import pty
 import re
@@ -66,24 +67,73 @@ def run_dir(finished_run, tmp_path):
     return shutil.copytree(finished_run[0], tmp_path / "run")
 
 
-def test_a_run_stopped_mid_window_and_resumed_matches_an_uninterrupted_one(tmp_path):
-    base = [*QUICK, "outer.steps=60", "checkpoint.every=20", "eval.every=30"]
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert train_main(*base, "logger=none", f"hydra.run.dir={whole}") == 0
+# 60 meta-steps: windows of 10, checkpoints every 20, evaluations at 30 and 60
+SIXTY = [*QUICK, "outer.steps=60", "checkpoint.every=20", "eval.every=30"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run dir of `SIXTY` run from start to end (shared: do not change it)."""
+    whole = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert train_main(*SIXTY, "logger=none", f"hydra.run.dir={whole}") == 0
+    return whole
+
+
+def test_a_run_stopped_mid_window_and_resumed_matches_an_uninterrupted_one(
+    uninterrupted, tmp_path
+):
+    parts = tmp_path / "parts"
     # stops at step 35: inside the 30-40 window, off the checkpoint grid
     assert (
-        train_main(*base, "logger=none", "outer.steps=35", f"hydra.run.dir={parts}")
+        train_main(*SIXTY, "logger=none", "outer.steps=35", f"hydra.run.dir={parts}")
         == 0
     )
     assert train_main(f"resume={parts}", "outer.steps=60") == 0
 
     for got, want in zip(
-        leaves(final_state(parts)), leaves(final_state(whole)), strict=True
+        leaves(final_state(parts)), leaves(final_state(uninterrupted)), strict=True
     ):
         np.testing.assert_array_equal(got, want)
-    assert summary_of(parts) == summary_of(whole)
+    assert summary_of(parts) == summary_of(uninterrupted)
     steps = [json.loads(line)["step"] for line in (parts / HISTORY_FILE).open()]
     assert steps == sorted(steps) and steps[-1] == 60
+
+
+def flip_a_bit(step_dir) -> None:
+    """Flips one bit in the middle of the largest file of a checkpoint."""
+    files = (path for path in step_dir.rglob("*") if path.is_file())
+    largest = max(files, key=lambda path: path.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 1
+    largest.write_bytes(bytes(data))
+
+
+def test_a_preempted_run_whose_last_checkpoint_is_damaged_resumes_to_the_same_end(
+    uninterrupted, tmp_path, monkeypatch, caplog
+):
+    run_dir = tmp_path / "run"
+    save = Checkpointer.save
+
+    def save_then_preempt(self, state, meta):
+        save(self, state, meta)
+        if int(state.step) == 40:  # the cluster preempts the job
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_preempt)
+    code = train_main(*SIXTY, "logger=none", f"hydra.run.dir={run_dir}")
+    monkeypatch.undo()
+    assert code == ExitCode.PREEMPTED
+    assert checkpoint_steps(run_dir) == [40, 50]  # stopped after the 40-50 window
+    flip_a_bit(run_dir / CHECKPOINT_DIR / "50")
+
+    with caplog.at_level(logging.WARNING, logger="metalearn.checkpoints"):
+        assert train_main(f"resume={run_dir}") == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"{CHECKPOINT_DIR}/50 is damaged" in line
+    assert "does not match its checksum); trying the one before" in line
+    assert summary_of(run_dir) == summary_of(uninterrupted)  # every score, exactly
+    steps = [json.loads(line)["step"] for line in (run_dir / HISTORY_FILE).open()]
+    assert steps == [10, 20, 30, 40, 50, 60]  # the rows after 40 were redone
 
 
 @pytest.mark.slow  # a fresh interpreter trained twice
