@@ -33,7 +33,6 @@ from helpers import (
     train_main,
     without_timing,
 )
-from orbax.checkpoint._src.path import async_path
 
 from metalearn import loggers, report, rundir
 from metalearn.build import build
@@ -432,8 +431,12 @@ class BrokenDisk:
     write fails too, `status.json` included)."""
 
     def __init__(self, fault: str, monkeypatch):
+        # orbax's own file system call (private: imported here, so that a later
+        # orbax that moves it fails these tests, not the module's import)
+        from orbax.checkpoint._src.path import async_path
+
         self.fault, self.full, self.rows = fault, False, 0
-        self._rename = async_path.rename  # orbax's own file system call
+        self._rename = async_path.rename
         self._write = rundir.write_text_atomically
         monkeypatch.setattr(async_path, "rename", self.rename)
         monkeypatch.setattr(rundir, "write_text_atomically", self.write_text)
