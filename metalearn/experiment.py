@@ -6,7 +6,7 @@ everything it calls takes plain Python objects.
 
 import os
 from collections.abc import Mapping
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +171,14 @@ def train(
         summary["objective"] = summary[f"eval/{config.eval.objective}"]
         logger.wait_started()  # W&B that never started fails the run, here
         exit_code = ExitCode.OK
-    except Preempted:
-        exit_code = ExitCode.PREEMPTED
+    except BaseException as error:
+        exit_code = ExitCode.PREEMPTED if isinstance(error, Preempted) else exit_code
+        # the error that ended the run is the one reported: on a full disk the
+        # loggers cannot write their last files either
+        with suppress(Exception):
+            logger.finish(summary, exit_code)
         raise
-    finally:
-        logger.finish(summary, exit_code)
+    logger.finish(summary, exit_code)
     return summary
 
 

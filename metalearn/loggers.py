@@ -21,6 +21,7 @@ from metalearn.registry import Registry
 from metalearn.rundir import (
     HISTORY_FILE,
     STATE_OF_EXIT,
+    STATUS_FILE,
     SUMMARY_FILE,
     ExitCode,
     State,
@@ -67,13 +68,15 @@ class LocalFiles:
     def finish(self, summary: Mapping[str, Any], exit_code: int) -> None:
         with contextlib.suppress(OSError):  # a full disk: the failure is reported
             self._history.close()
+        path = self.output_dir / SUMMARY_FILE
         try:
             if exit_code == ExitCode.OK:
-                write_json_atomically(self.output_dir / SUMMARY_FILE, summary)
+                write_json_atomically(path, summary)
+            path = self.output_dir / STATUS_FILE
             state = STATE_OF_EXIT.get(exit_code, State.FAILED)
             write_status(self.output_dir, state, pid=os.getpid())
         except OSError as error:
-            raise writing(self.output_dir, error) from error
+            raise writing(path, error) from error
 
 
 class LoggerError(RuntimeError):

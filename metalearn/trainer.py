@@ -290,6 +290,7 @@ def fit(
                 metrics.update(evaluate(state))
             except EvaluationStopped as error:
                 checkpoint(state, train_seconds)
+                on_metrics(end, metrics)  # the window's training metrics, kept
                 raise Preempted(
                     f"stopped at meta-step {end} during evaluation ({error}); a "
                     "checkpoint was saved"

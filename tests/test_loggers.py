@@ -1,14 +1,22 @@
 """Loggers: local files always, W&B started in the background without losing or
 reordering metrics, and failures that keep the error that ended a run."""
 
+import errno
 import json
+import os
 import threading
 
 import pytest
 from helpers import read_json
 
-from metalearn import loggers
-from metalearn.rundir import HISTORY_FILE, STATUS_FILE, SUMMARY_FILE, ExitCode
+from metalearn import loggers, rundir
+from metalearn.rundir import (
+    HISTORY_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
+    ExitCode,
+    OutputError,
+)
 
 
 class FakeRun:
@@ -112,6 +120,23 @@ def test_local_files_record_history_status_and_a_summary_only_on_success(
     local.finish({"objective": 0.1}, exit_code)
     assert read_json(tmp_path / STATUS_FILE)["state"] == state
     assert (tmp_path / SUMMARY_FILE).exists() is has_summary
+
+
+@pytest.mark.parametrize("unwritable", [SUMMARY_FILE, STATUS_FILE])
+def test_local_files_name_the_file_they_cannot_write(monkeypatch, tmp_path, unwritable):
+    local = loggers.LocalFiles(tmp_path)
+    write = rundir.write_text_atomically
+
+    def write_or_fail(path, text):
+        if path.name == unwritable:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, text)
+
+    monkeypatch.setattr(rundir, "write_text_atomically", write_or_fail)
+    with pytest.raises(OutputError) as raised:
+        local.finish({"objective": 0.1}, ExitCode.OK)
+    path = tmp_path / unwritable
+    assert str(raised.value) == f"cannot write {path}: No space left on device"
 
 
 def test_local_files_resumed_at_a_step_drop_later_rows_and_the_old_summary(tmp_path):

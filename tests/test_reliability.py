@@ -2,12 +2,20 @@
 `python train.py` meets them (its `main()`, in this process unless a fresh
 interpreter is the point)."""
 
+import errno
+import fcntl
 import json
+import logging
 import os
+import pty
+import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import jax
@@ -26,9 +34,9 @@ from helpers import (
     without_timing,
 )
 
-from metalearn import report
+from metalearn import loggers, report, rundir
 from metalearn.build import build
-from metalearn.checkpoints import Checkpointer
+from metalearn.checkpoints import Checkpointer, damage
 from metalearn.config import typed
 from metalearn.rundir import (
     CHECKPOINT_DIR,
@@ -38,6 +46,7 @@ from metalearn.rundir import (
     SUMMARY_FILE,
     ExitCode,
     RunLock,
+    checkpoint_steps,
     has_checkpoint,
 )
 from metalearn.trainer import init_train_state
@@ -57,24 +66,73 @@ def run_dir(finished_run, tmp_path):
     return shutil.copytree(finished_run[0], tmp_path / "run")
 
 
-def test_a_run_stopped_mid_window_and_resumed_matches_an_uninterrupted_one(tmp_path):
-    base = [*QUICK, "outer.steps=60", "checkpoint.every=20", "eval.every=30"]
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert train_main(*base, "logger=none", f"hydra.run.dir={whole}") == 0
+# 60 meta-steps: windows of 10, checkpoints every 20, evaluations at 30 and 60
+SIXTY = [*QUICK, "outer.steps=60", "checkpoint.every=20", "eval.every=30"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run dir of `SIXTY` run from start to end (shared: do not change it)."""
+    whole = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert train_main(*SIXTY, "logger=none", f"hydra.run.dir={whole}") == 0
+    return whole
+
+
+def test_a_run_stopped_mid_window_and_resumed_matches_an_uninterrupted_one(
+    uninterrupted, tmp_path
+):
+    parts = tmp_path / "parts"
     # stops at step 35: inside the 30-40 window, off the checkpoint grid
     assert (
-        train_main(*base, "logger=none", "outer.steps=35", f"hydra.run.dir={parts}")
+        train_main(*SIXTY, "logger=none", "outer.steps=35", f"hydra.run.dir={parts}")
         == 0
     )
     assert train_main(f"resume={parts}", "outer.steps=60") == 0
 
     for got, want in zip(
-        leaves(final_state(parts)), leaves(final_state(whole)), strict=True
+        leaves(final_state(parts)), leaves(final_state(uninterrupted)), strict=True
     ):
         np.testing.assert_array_equal(got, want)
-    assert summary_of(parts) == summary_of(whole)
+    assert summary_of(parts) == summary_of(uninterrupted)
     steps = [json.loads(line)["step"] for line in (parts / HISTORY_FILE).open()]
     assert steps == sorted(steps) and steps[-1] == 60
+
+
+def flip_a_bit(step_dir) -> None:
+    """Flips one bit in the middle of the largest file of a checkpoint."""
+    files = (path for path in step_dir.rglob("*") if path.is_file())
+    largest = max(files, key=lambda path: path.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 1
+    largest.write_bytes(bytes(data))
+
+
+def test_a_preempted_run_whose_last_checkpoint_is_damaged_resumes_to_the_same_end(
+    uninterrupted, tmp_path, monkeypatch, caplog
+):
+    run_dir = tmp_path / "run"
+    save = Checkpointer.save
+
+    def save_then_preempt(self, state, meta):
+        save(self, state, meta)
+        if int(state.step) == 40:  # the cluster preempts the job
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_preempt)
+    code = train_main(*SIXTY, "logger=none", f"hydra.run.dir={run_dir}")
+    monkeypatch.undo()
+    assert code == ExitCode.PREEMPTED
+    assert checkpoint_steps(run_dir) == [40, 50]  # stopped after the 40-50 window
+    flip_a_bit(run_dir / CHECKPOINT_DIR / "50")
+
+    with caplog.at_level(logging.WARNING, logger="metalearn.checkpoints"):
+        assert train_main(f"resume={run_dir}") == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"{CHECKPOINT_DIR}/50 is damaged" in line
+    assert "does not match its checksum); trying the one before" in line
+    assert summary_of(run_dir) == summary_of(uninterrupted)  # every score, exactly
+    steps = [json.loads(line)["step"] for line in (run_dir / HISTORY_FILE).open()]
+    assert steps == [10, 20, 30, 40, 50, 60]  # the rows after 40 were redone
 
 
 @pytest.mark.slow  # a fresh interpreter trained twice
@@ -341,3 +399,178 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_training(
     assert "lower outer.batch, inner.k, outer.num_query, inner.steps" in err
     assert not has_checkpoint(tmp_path)  # no training happened
     assert state_of(tmp_path) == "failed"
+
+
+# --- the disk fails mid-run ------------------------------------------------------
+
+
+def no_space(path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+class FailingWrites:
+    """A file whose writes fail (`fails()` says when), as on a full disk."""
+
+    def __init__(self, file, fails):
+        self._file, self._fails = file, fails
+
+    def write(self, text):
+        if self._fails():
+            raise no_space(self._file.name)
+        return self._file.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+class BrokenDisk:
+    """Write faults of a run with checkpoints at meta-steps 20 and 40 and history
+    rows at 10, 20, 30 and 40: `checkpoint` refuses orbax's last step of writing
+    checkpoint 40 (the rename of its complete temporary dir), `history` refuses
+    the history row of step 30, `disk` is full from checkpoint 40 on (every later
+    write fails too, `status.json` included)."""
+
+    def __init__(self, fault: str, monkeypatch):
+        # orbax's own file system call (private: imported here, so that a later
+        # orbax that moves it fails these tests, not the module's import)
+        from orbax.checkpoint._src.path import async_path
+
+        self.fault, self.full, self.rows = fault, False, 0
+        self._rename = async_path.rename
+        self._write = rundir.write_text_atomically
+        monkeypatch.setattr(async_path, "rename", self.rename)
+        monkeypatch.setattr(rundir, "write_text_atomically", self.write_text)
+        monkeypatch.setattr(loggers, "open", self.open, raising=False)
+
+    async def rename(self, src, dst):
+        if self.full or self.fault != "history" and dst.name == "40":
+            self.full = self.fault == "disk"
+            raise no_space(dst)
+        return await self._rename(src, dst)
+
+    def write_text(self, path, text):
+        if self.full:
+            raise no_space(path)
+        self._write(path, text)
+
+    def open(self, path, *args, **kwargs):
+        return FailingWrites(open(path, *args, **kwargs), self.history_fails)
+
+    def history_fails(self) -> bool:
+        self.rows += 1
+        return self.full or self.fault == "history" and self.rows == 3
+
+
+def run_on_a_broken_disk(fault, tmp_path, capsys, monkeypatch):
+    """A quick run on `BrokenDisk(fault)`: its run dir and the line it ends with
+    (checked: exit code 1, no traceback)."""
+    run_dir = tmp_path / "run"
+    BrokenDisk(fault, monkeypatch)
+    code = train_main(
+        *QUICK, "checkpoint.every=20", "logger=none", f"hydra.run.dir={run_dir}"
+    )
+    monkeypatch.undo()  # the disk works again
+    out, err = capsys.readouterr()
+    assert code == ExitCode.FAILED and "Traceback" not in out + err
+    assert not (run_dir / SUMMARY_FILE).exists()
+    assert checkpoint_steps(run_dir) == [20]  # orbax's temporary dir is no step
+    assert damage(run_dir / CHECKPOINT_DIR / "20") is None
+    return run_dir, err.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "fault, path", [("checkpoint", f"{CHECKPOINT_DIR}/40"), ("history", HISTORY_FILE)]
+)
+def test_a_file_that_cannot_be_written_mid_run_ends_it_in_one_line(
+    tmp_path, capsys, monkeypatch, fault, path
+):
+    run_dir, line = run_on_a_broken_disk(fault, tmp_path, capsys, monkeypatch)
+    assert line == (
+        f"Output failed: cannot write {run_dir / path}: No space left on device"
+    )
+    assert read_json(run_dir / STATUS_FILE) == {"state": "failed", "error": line}
+
+
+def test_a_full_disk_mid_run_loses_no_training_and_the_run_resumes(
+    tmp_path, capsys, monkeypatch
+):
+    run_dir, line = run_on_a_broken_disk("disk", tmp_path, capsys, monkeypatch)
+    # the first write that failed is named, not the last (status.json's)
+    checkpoint = run_dir / CHECKPOINT_DIR / "40"
+    assert line == f"Output failed: cannot write {checkpoint}: No space left on device"
+    assert state_of(run_dir) == "running"  # as it was: no half-written status.json
+
+    assert train_main(f"resume={run_dir}") == 0  # on from checkpoint 20
+    assert read_json(run_dir / SUMMARY_FILE)["train/steps"] == 40
+    assert state_of(run_dir) == "finished"
+    rows = [json.loads(line)["step"] for line in (run_dir / HISTORY_FILE).open()]
+    assert rows == [10, 20, 30, 40]
+
+
+# --- a stop request during evaluation --------------------------------------------
+
+
+def read_terminal(terminal: int, until=None, timeout: float = 60) -> str:
+    """What a process wrote to the terminal whose master end is `terminal`, read
+    until the regex `until` matches it, or (None) to the end of the process."""
+    output, deadline = "", time.monotonic() + timeout
+    while until is None or not until.search(output):
+        assert time.monotonic() < deadline, output[-2000:]
+        if not select.select([terminal], [], [], 0.05)[0]:
+            continue
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # EIO: the process has ended, and closed its end
+            chunk = b""
+        if not chunk:
+            break
+        output += chunk.decode(errors="replace")
+    return output
+
+
+def test_a_stop_during_the_final_evaluation_ends_it_within_seconds_training_saved(
+    tmp_path,
+):
+    run_dir = tmp_path / "run"
+    overrides = ["outer.steps=20", "train.log_every=10", "eval.every=0"]
+    # 2000 held-out tasks one at a time: an evaluation of seconds to a minute
+    overrides += ["eval.num_tasks=2000", "eval.tasks_per_batch=1", "eval.steps=1"]
+    overrides += ["eval.num_query=20", "eval.figures=false", "logger=none"]
+    # on a terminal (of 120 columns: tqdm draws nothing in 0), so that the
+    # evaluation draws its progress bar
+    terminal, its_end = pty.openpty()
+    fcntl.ioctl(its_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        stdout=its_end,
+        stderr=its_end,
+    )
+    os.close(its_end)
+    try:
+        some_tasks_done = re.compile(r"evaluating: *[1-9]\d*task")
+        output = read_terminal(terminal, some_tasks_done, timeout=120)
+        assert process.poll() is None, output[-2000:]
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        output += read_terminal(terminal)
+        process.wait(timeout=10)
+        seconds = time.monotonic() - signalled
+    finally:
+        process.kill()
+        os.close(terminal)
+
+    assert process.returncode == ExitCode.PREEMPTED, output[-2000:]
+    assert "Traceback" not in output
+    done = re.search(r"during evaluation \(stopped after (\d+) of 2000 tasks\)", output)
+    assert done and 0 < int(done[1]) < 2000, output[-2000:]
+    assert seconds < 15
+    assert state_of(run_dir) == "preempted"
+    assert checkpoint_steps(run_dir) == [20]  # all the training, saved
+
+    # the resume has nothing left to train: it evaluates (in larger chunks) and ends
+    assert train_main(f"resume={run_dir}", "eval.tasks_per_batch=1000") == 0
+    summary = read_json(run_dir / SUMMARY_FILE)
+    rows = [json.loads(line) for line in (run_dir / HISTORY_FILE).open()]
+    assert [row["step"] for row in rows] == [10, 20] and summary["train/steps"] == 20
+    assert summary["train/meta_loss"] == rows[-1]["train/meta_loss"]  # step 20's
