@@ -196,7 +196,7 @@ def make_evaluation(config: Config, parts: Parts, adapt_key: jax.Array) -> Evalu
     """`evaluate(state, **options) -> metrics`: the configured protocol at `eval.k`
     shots (keys `eval/<metric>@step<i>`) and at each of `eval.extra_k` (keys
     `eval/<metric>_k<K>@step<i>`), on the test family's data. `options` go to each
-    protocol (`should_stop`, `on_chunk`)."""
+    protocol (`should_stop`; `on_chunk` counts the tasks done over all of them)."""
     family = parts.tasks.test
     tasks_key = jax.random.key(config.eval.seed)
     shots = {"": config.eval.k} | {f"_k{k}": k for k in config.eval.extra_k}
@@ -215,7 +215,11 @@ def make_evaluation(config: Config, parts: Parts, adapt_key: jax.Array) -> Evalu
 
     def evaluate(state: TrainState, **options: Any) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        for suffix, protocol in protocols.items():
+        on_chunk = options.pop("on_chunk", None)
+        for index, (suffix, protocol) in enumerate(protocols.items()):
+            if on_chunk is not None:  # tasks done over all protocols
+                base = index * config.eval.num_tasks
+                options["on_chunk"] = lambda done, base=base: on_chunk(base + done)
             scores = protocol(
                 state.meta_params,
                 state.model_state,

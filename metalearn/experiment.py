@@ -140,6 +140,7 @@ def train(
     draw = None
     if config.eval.figures:
         draw = make_prediction_figure(config, parts, eval_key, output_dir / FIGURE_DIR)
+    eval_tasks = config.eval.num_tasks * (1 + len(config.eval.extra_k))
     seconds_before = meta.get(TRAIN_SECONDS, 0.0)
     minutes = config.train.max_minutes
     summary: dict[str, Any] = {}
@@ -151,7 +152,7 @@ def train(
                 make_training_window(config, parts, mesh),
                 replicate(parts.tasks.train.data, mesh),
                 schedule(config),
-                evaluate=lambda s: evaluate(s, evaluation, draw, stop),
+                evaluate=lambda s: evaluate(s, evaluation, draw, stop, eval_tasks),
                 on_metrics=lambda step, metrics: logger.log(metrics, step),
                 checkpoint=lambda s, seconds: checkpointer.save(
                     s, {**logger.resume_meta(), TRAIN_SECONDS: seconds_before + seconds}
@@ -203,10 +204,11 @@ def metric_goals(config: Config, parts: Parts) -> dict[str, Goal]:
     return goals | extra
 
 
-def evaluate(state, evaluation, draw, stop: StopFlag) -> dict[str, Any]:
-    """The evaluation's metrics (with a progress bar when it takes several chunks
-    of tasks) and, with `eval.figures`, the prediction figure's file."""
-    with tqdm(desc="evaluating", unit="task", leave=False, disable=None) as bar:
+def evaluate(state, evaluation, draw, stop: StopFlag, total: int) -> dict[str, Any]:
+    """The evaluation's metrics (with a progress bar over its `total` tasks) and,
+    with `eval.figures`, the prediction figure's file."""
+    bar = tqdm(desc="evaluating", total=total, unit="task", leave=False, disable=None)
+    with bar:
         metrics: dict[str, Any] = evaluation(
             state, should_stop=stop, on_chunk=lambda done: bar.update(done - bar.n)
         )
