@@ -188,6 +188,19 @@ def test_a_missing_listed_file_and_a_shared_class_are_named(tmp_path):
         make_tasks(tmp_path / "data", written["overrides"])
 
 
+def test_an_empty_random_split_is_named(tmp_path):
+    write_image_folder(tmp_path / "images", "class_folders")
+    options = {"root": str(tmp_path / "images"), "layout": "class_folders"}
+    with pytest.raises(DataError, match="the val split of .* has no classes"):
+        make_tasks(
+            tmp_path / "data",
+            [],
+            **options,
+            split_fractions=(1, 0, 1),
+            eval_split="val",
+        )
+
+
 def test_a_bad_split_file_is_named(tmp_path):
     written = write_image_folder(tmp_path / "images", "csv")
     (tmp_path / "images" / "splits" / "train.csv").write_text("file,class\na.png,x\n")
@@ -205,11 +218,13 @@ def test_bad_options_name_the_key(tmp_path, capsys):
         "inner.k=10": f"class c00 of task=image_folder has only {PER_CLASS} examples",
         "task.layout=csv": "task.split_dir=None is not allowed",
         "task.split_fractions=[0,0,0]": "three shares >= 0 (train, val, test), not",
-        "task.split_fractions=[1,0,1]": "the val split of",
     }
     for override, message in cases.items():
         code = train_main(
-            *base, *written["overrides"], override, f"hydra.run.dir={tmp_path / 'r'}"
+            *base,
+            *written["overrides"],
+            *override.split(),
+            f"hydra.run.dir={tmp_path / 'r'}",
         )
         err = capsys.readouterr().err
         assert code != 0 and message in err, (override, err)
