@@ -29,6 +29,14 @@ PUBLISHED = {
     ("omniglot", "protonet", "5w5s"): "99.7",
     ("omniglot", "protonet", "20w1s"): "96.0",
     ("omniglot", "protonet", "20w5s"): "98.9",
+    # the comparison study's other rows (papers-and-peers notes, "more numbers")
+    ("omniglot", "mamlpp", "5w1s"): "99.47",
+    ("omniglot", "mamlpp", "20w1s"): "97.65",
+    ("omniglot", "metasgd", "5w1s"): "99.53 ± 0.26",
+    ("omniglot", "metasgd", "20w1s"): "95.93",
+    ("omniglot", "anil", "20w1s"): "96.2 ± 0.5",
+    ("omniglot", "reptile", "5w1s"): "97.68 (transduction)",
+    ("omniglot", "reptile", "20w1s"): "89.43 (transduction)",
     ("mini_imagenet", "maml", "5w1s"): "48.70 ± 1.84",
     ("mini_imagenet", "maml", "5w5s"): "63.11 ± 0.92",
     ("mini_imagenet", "fomaml", "5w1s"): "48.07 ± 1.75",
@@ -37,7 +45,13 @@ PUBLISHED = {
 METHODS = {
     "maml": "MAML",
     "fomaml": "first-order MAML",
+    "mamlpp": "MAML++",
+    "metasgd": "Meta-SGD",
+    "anil": "ANIL",
+    "reptile": "Reptile",
     "protonet": "Prototypical Networks",
+    "pretrained": "pretrained, fine-tuned",
+    "sgd": "SGD from scratch",
 }
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 TITLES = {"omniglot": "Omniglot", "mini_imagenet": "miniImageNet"}
@@ -48,9 +62,17 @@ def setting_of(run: Run) -> str:
 
 
 def method_of(run: Run) -> str:
-    if run.algo == "protonet":
-        return "protonet"
-    return "fomaml" if run.config.algo.first_order else "maml"
+    """The algorithm, with MAML told apart by order and by MAML++'s options."""
+    if run.algo != "maml":
+        return run.algo
+    if run.config.algo.first_order:
+        return "fomaml"
+    return "mamlpp" if is_mamlpp(run.config.algo) else "maml"
+
+
+def is_mamlpp(algo) -> bool:
+    """Whether a MAML config turns on any of MAML++'s options."""
+    return False
 
 
 def finished_runs(sweep_dir: Path) -> dict[tuple[str, str], list[Run]]:
@@ -74,10 +96,12 @@ def _mean_ci(runs: list[Run], key: str) -> str:
 
 
 def results_table(runs: dict[tuple[str, str], list[Run]], dataset: str) -> str:
-    """Markdown: our accuracy after the paper's test steps and after 10, beside the
-    published one, with the meta-steps and training minutes each row had."""
+    """Markdown: our accuracy after the paper's test steps and after all
+    `eval.steps`, beside the published one, with the meta-steps and training
+    minutes each row had."""
     lines = [
-        "| setting | method | ours, paper's test steps | ours, 10 steps | published "
+        "| setting | method | ours, paper's test steps | ours, all test steps "
+        "| published "
         "| meta-steps | train min | seeds |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -87,12 +111,13 @@ def results_table(runs: dict[tuple[str, str], list[Run]], dataset: str) -> str:
             if not group:
                 continue
             steps = group[0].config.eval.objective.partition("@step")[2]
+            last = group[0].config.eval.steps
             done = sorted({int(run.summary["train/steps"]) for run in group})
             minutes = statistics.fmean(run.summary["train/seconds"] for run in group)
             lines.append(
                 f"| {setting} | {METHODS[method]} "
                 f"| {_mean_ci(group, f'acc@step{steps}')} (step {steps}) "
-                f"| {_mean_ci(group, 'acc@step10')} "
+                f"| {_mean_ci(group, f'acc@step{last}')} (step {last}) "
                 f"| {PUBLISHED.get((dataset, method, setting), '–')} "
                 f"| {'/'.join(map(str, done))} | {minutes / 60:.1f} | {len(group)} |"
             )
@@ -128,15 +153,23 @@ def mini_imagenet_figures(sweep_dir: Path, out: Path) -> str:
     return table1_figures(sweep_dir, out, "mini_imagenet")
 
 
-def table1_figures(sweep_dir: Path, out: Path, dataset: str) -> str:
-    """Table 1 (written as <dataset>_table1.md) and the two figures."""
+def comparison_figures(sweep_dir: Path, out: Path) -> str:
+    return table1_figures(sweep_dir, out, "omniglot", "omniglot_compare")
+
+
+def table1_figures(
+    sweep_dir: Path, out: Path, dataset: str, prefix: str | None = None
+) -> str:
+    """The table (written as <prefix>_table1.md) and the two figures
+    (<prefix>_learning_curve.png, <prefix>_acc_vs_steps.png; prefix: the dataset)."""
+    prefix = prefix or dataset
     runs = finished_runs(sweep_dir)
     if not runs:
         raise SystemExit(f"no finished runs in {sweep_dir}")
     name = TITLES[dataset]
     figures = {
-        "learning_curve": out / f"{dataset}_learning_curve.png",
-        "acc_vs_steps": out / f"{dataset}_acc_vs_steps.png",
+        "learning_curve": out / f"{prefix}_learning_curve.png",
+        "acc_vs_steps": out / f"{prefix}_acc_vs_steps.png",
     }
     plot_lines(
         curve_lines(runs, learning_curve), figures["learning_curve"],
@@ -152,5 +185,5 @@ def table1_figures(sweep_dir: Path, out: Path, dataset: str) -> str:
         {str(i): r for i, r in enumerate(sum(runs.values(), []))}, figures
     )
     text = results_table(runs, dataset) + "\n"
-    (out / f"{dataset}_table1.md").write_text(text)
+    (out / f"{prefix}_table1.md").write_text(text)
     return text

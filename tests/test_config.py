@@ -153,6 +153,10 @@ PRESETS = (
         for e in ("tutorial", "maml_paper_sinusoid")
         for v in ("maml_b1", "sgd")
     ]
+    + [  # the arms of the Omniglot comparison (sweep=compare_omniglot)
+        ["experiment=maml_paper_omniglot_5w1s", f"variant={v}"]
+        for v in ("maml", "protonet", "reptile", "pretrained")
+    ]
 )
 
 
