@@ -65,6 +65,11 @@ def build(config: Config) -> Parts:
     tasks = create("task", config.task, Path(config.data.root))
     train = tasks.train
     model = create("model", config.model, train.input_shape, train.output_size)
+    if model.batch_norm == "per_step" and config.algo.name != "maml":
+        raise ConfigError(
+            f"model.batch_norm=per_step is not allowed with algo={config.algo.name}:"
+            " per-step BatchNorm is a MAML++ option of algo=maml (or fomaml)"
+        )
     algorithm = create(
         "algo", config.algo, model, train, config.inner.lr, config.inner.steps
     )
@@ -244,9 +249,14 @@ def make_prediction_figure(
             params, state = algorithm.adapt_step(
                 meta_params, carry[0], carry[1], *support_of(task)
             )
-            return (params, state), algorithm.predict(params, state, task.query_inputs)
+            predictions = algorithm.predict(
+                params, state, task.query_inputs, task.support_inputs
+            )
+            return (params, state), predictions
 
-        first = algorithm.predict(params, model_state, task.query_inputs)
+        first = algorithm.predict(
+            params, model_state, task.query_inputs, task.support_inputs
+        )
         _, rest = jax.lax.scan(body, (params, model_state), None, length=steps)
         return task, jnp.concatenate([first[None], rest])
 

@@ -77,6 +77,7 @@ def test_the_default_is_the_tutorials_batched_maml():
         "name": "maml",
         "first_order": False,
         "remat": False,
+        **MAMLPP_OFF,
     }
     assert config.logger.name == "wandb" and config.logger.mode is None
     assert config.eval.k == 20 and config.eval.num_tasks == 1000
@@ -158,12 +159,22 @@ def test_paper_preset_is_the_maml_papers_setting_and_variants_apply_last():
     assert config.eval.extra_k == [10, 20]
 
 
+MAMLPP_OFF = {  # MAML++'s options of algo=maml, all off
+    "multi_step_loss": False,
+    "multi_step_loss_epochs": 10,
+    "learned_lrs": False,
+    "first_order_epochs": 0,
+    "epoch_steps": 500,
+}
+
+
 def test_fomaml_preset_is_first_order_maml():
     config = typed_config(["algo=fomaml"])
     assert dataclasses.asdict(config.algo) == {
         "name": "maml",
         "first_order": True,
         "remat": False,
+        **MAMLPP_OFF,
     }
     assert build(config).algorithm.name == "fomaml"
 
