@@ -66,6 +66,17 @@ def build(config: Config) -> Parts:
     train = tasks.train
     model = create("model", config.model, train.input_shape, train.output_size)
     check_algo_fits_task(config, train)
+    if model.batch_norm in ("per_step", "support") and config.algo.name == "protonet":
+        raise ConfigError(
+            f"model.batch_norm={model.batch_norm} is not allowed with algo=protonet:"
+            " it embeds support and query sets with their own batch statistics "
+            "(transductive or none)"
+        )
+    if model.batch_norm == "per_step" and config.algo.name != "maml":
+        raise ConfigError(
+            f"model.batch_norm=per_step is not allowed with algo={config.algo.name}:"
+            " per-step BatchNorm is a MAML++ option of algo=maml (or fomaml)"
+        )
     algorithm = create(
         "algo", config.algo, model, train, config.inner.lr, config.inner.steps
     )
@@ -270,7 +281,9 @@ def make_prediction_figure(
             adapt_key,
             support_of(task),
             steps,
-            lambda params, state: algorithm.predict(params, state, task.query_inputs),
+            lambda params, state: algorithm.predict(
+                params, state, task.query_inputs, task.support_inputs
+            ),
         )
         return task, predictions
 

@@ -86,7 +86,9 @@ def make_evaluate(
     chunk = min(tasks_per_batch or num_tasks, num_tasks)
 
     def score(params, model_state, batch: TaskBatch) -> Scores:
-        predictions = algorithm.predict(params, model_state, batch.query_inputs)
+        predictions = algorithm.predict(
+            params, model_state, batch.query_inputs, batch.support_inputs
+        )
         return {
             name: metric.fn(predictions, batch.query_targets)
             for name, metric in task.metrics.items()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from metalearn.models import Model, ModelState, Params
 
@@ -84,5 +85,71 @@ def make_adapt(
             length=num_steps,
         )
         return params, state
+
+    return adapt
+
+
+# (params, state, inputs, targets, inner step) -> (loss, (new state, predictions))
+StepwiseLossFn = Callable[
+    [Params, ModelState, jax.Array, jax.Array, jax.Array],
+    tuple[jax.Array, tuple[ModelState, jax.Array]],
+]
+
+
+def make_query_loss(model: Model, task_loss: Callable) -> Callable:
+    """`(params, state, support_inputs, query_inputs, query_targets) -> (loss,
+    (state, predictions))` on a task's query set.
+
+    With `model.batch_norm == "support"` (non-transductive BatchNorm) the support
+    set goes through the same weights first, so every layer normalises the query
+    with the support's statistics; otherwise the support is not used.
+    """
+    support_statistics = model.batch_norm == "support"
+
+    def loss(params, state, support_inputs, query_inputs, query_targets):
+        if support_statistics:
+            state = model.apply(params, state, support_inputs, True)[1]
+        predictions, state = model.apply(params, state, query_inputs, False)
+        return task_loss(predictions, query_targets), (state, predictions)
+
+    return loss
+
+
+def make_stepwise_adapt(
+    step_loss: StepwiseLossFn,
+    num_steps: int,
+    first_order: bool = False,
+    remat: bool = False,
+    after_step: Callable[[Params, ModelState, jax.Array], Any] | None = None,
+) -> Callable:
+    """`num_steps` SGD steps whose loss and learning rate depend on the step index
+    (MAML++'s per-step BatchNorm and learning rates): `(params, lrs, state, inputs,
+    targets) -> (params, state, outputs)`.
+
+    Step `i` differentiates `step_loss(params, state, inputs, targets, i)` and
+    moves each parameter by its rate times its gradient; `lrs` is a pytree shaped
+    like `params` whose leaves are `[num_steps]` (the rate of step `i`: `leaf[i]`).
+    `outputs` stacks `after_step(params, state, i)` after every step (None
+    without it), e.g. the query loss of each step for a multi-step loss.
+    """
+    value_and_grad = jax.value_and_grad(step_loss, has_aux=True)
+
+    def adapt(params, learning_rates, state, inputs, targets):
+        def body(carry, i):
+            params, state = carry
+            (_, (state, _)), grads = value_and_grad(params, state, inputs, targets, i)
+            if first_order:
+                grads = jax.lax.stop_gradient(grads)
+            rates = jax.tree.map(lambda leaf: leaf[i], learning_rates)
+            params = jax.tree.map(lambda p, lr, g: p - lr * g, params, rates, grads)
+            output = None if after_step is None else after_step(params, state, i)
+            return (params, state), output
+
+        (params, state), outputs = jax.lax.scan(
+            jax.checkpoint(body) if remat else body,
+            (params, state),
+            jnp.arange(num_steps),
+        )
+        return params, state, outputs
 
     return adapt

@@ -60,6 +60,12 @@ class Model(NamedTuple):
             part ANIL adapts).
         body: `params -> params` without the final layer's: all that `embed` reads
             (the network an embedding method such as ProtoNets meta-learns).
+        batch_norm: the BatchNorm mode (`BATCH_NORM_MODES`): `none` for a model
+            without BatchNorm; `support` means `apply(..., is_training=False)`
+            normalises with the statistics the last `is_training=True` call stored
+            in the state (see `make_conv4`).
+        is_batch_norm: `params -> bool pytree` marking BatchNorm's scale and
+            offset (the parameters `per_step` keeps once per inner step).
     """
 
     init: Callable[[jax.Array, jax.Array], tuple[Params, ModelState]]
@@ -67,12 +73,21 @@ class Model(NamedTuple):
     embed: Callable[[Params, ModelState, jax.Array], jax.Array]
     head: Callable[[Params], Any]
     body: Callable[[Params], Params]
+    batch_norm: str = "none"
+    is_batch_norm: Callable[[Params], Any] = lambda params: jax.tree.map(
+        lambda _: False, params
+    )
+
+
+# What a model's BatchNorm normalises with (see `make_conv4`).
+BatchNormMode = Literal["transductive", "per_step", "support", "none"]
+BATCH_NORM_PARAMS = ("scale", "offset")  # names of BatchNorm's parameters
 
 
 Forward = Callable[[jax.Array, bool, bool], jax.Array]
 
 
-def _from_haiku(forward: Forward) -> Model:
+def _from_haiku(forward: Forward, batch_norm: str = "none") -> Model:
     """`forward(inputs, is_training, features_only)` as a `Model`."""
     transformed: Any = hk.without_apply_rng(hk.transform_with_state(forward))
 
@@ -94,7 +109,13 @@ def _from_haiku(forward: Forward) -> Model:
     def body(params: Params) -> Params:
         return {module: p for module, p in params.items() if module != HEAD_MODULE}
 
-    return Model(init=init, apply=apply, embed=embed, head=head, body=body)
+    def is_batch_norm(params: Params) -> Any:
+        return {
+            module: {name: name in BATCH_NORM_PARAMS for name in leaves}
+            for module, leaves in params.items()
+        }
+
+    return Model(init, apply, embed, head, body, batch_norm, is_batch_norm)
 
 
 @MODELS.register("mlp")
@@ -181,22 +202,39 @@ def conv3x3(inputs: jax.Array, weights: jax.Array, stride: int, impl: str):
     return patches @ weights.reshape(9 * channels, -1)
 
 
-def normalise_batch(
-    inputs: jax.Array, eps: float, scale: jax.Array | None, offset: jax.Array
-) -> jax.Array:
-    """Normalises each channel of `inputs [N, H, W, C]` with the statistics of this
-    batch (transductive: at training and at test alike), then scales and offsets.
+def batch_statistics(inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and variance `[C]` of `inputs [N, H, W, C]`.
 
-    The statistics are products with a vector of ones rather than reductions:
-    XLA:CPU runs a reduction over all but the last axis many times slower.
+    Products with a vector of ones rather than reductions: XLA:CPU runs a
+    reduction over all but the last axis many times slower.
     """
     channels = inputs.shape[-1]
     flat = inputs.reshape(-1, channels)  # [N*H*W, C]
     weights = jnp.full((flat.shape[0],), 1.0 / flat.shape[0], inputs.dtype)
     mean = weights @ flat
-    variance = weights @ jnp.square(flat - mean)
+    return mean, weights @ jnp.square(flat - mean)
+
+
+def normalise(
+    inputs: jax.Array,
+    statistics: tuple[jax.Array, jax.Array],
+    eps: float,
+    scale: jax.Array | None,
+    offset: jax.Array,
+) -> jax.Array:
+    """Normalises each channel of `inputs [N, H, W, C]` with `statistics` (mean and
+    variance `[C]`), then scales and offsets."""
+    mean, variance = statistics
     normalised = (inputs - mean) * jax.lax.rsqrt(variance + eps)
     return (normalised if scale is None else normalised * scale) + offset
+
+
+def normalise_batch(
+    inputs: jax.Array, eps: float, scale: jax.Array | None, offset: jax.Array
+) -> jax.Array:
+    """Normalises each channel of `inputs [N, H, W, C]` with the statistics of this
+    batch (transductive: at training and at test alike), then scales and offsets."""
+    return normalise(inputs, batch_statistics(inputs), eps, scale, offset)
 
 
 @MODELS.register("conv4")
@@ -206,7 +244,7 @@ def make_conv4(
     *,
     filters: int = 64,
     downsample: Literal["stride", "pool"] = "stride",
-    batch_norm: Literal["transductive", "none"] = "transductive",
+    batch_norm: BatchNormMode = "transductive",
     batch_norm_scale: bool = False,
     batch_norm_eps: float = 1e-3,
     features: Literal["mean", "flatten"] = "mean",
@@ -227,7 +265,12 @@ def make_conv4(
             (miniImageNet).
         batch_norm: `transductive`: each batch's own statistics, at meta-training
             and at meta-test (the reference code; every query set is normalised
-            with its own statistics); `none`: no normalisation (conv biases
+            with its own statistics); `per_step` (MAML++, algo=maml only): as
+            transductive, with one BatchNorm offset (and scale) per inner step,
+            meta-learned and left alone by the inner loop; `support`: query
+            examples are normalised with the support set's statistics only
+            (non-transductive: each query prediction depends on that example and
+            the support set alone); `none`: no normalisation (conv biases
             instead).
         batch_norm_scale: also learn a BatchNorm scale (the reference code has
             only an offset; PyTorch's and learn2learn's BatchNorm have both).
@@ -245,7 +288,20 @@ def make_conv4(
     stride = 2 if downsample == "stride" else 1
     w_init = hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform")
 
-    def block(hidden: jax.Array, index: int) -> jax.Array:
+    def statistics(hidden: jax.Array, is_training: bool):
+        """This batch's statistics; in `support` mode also stored in the state
+        (training mode) or read from it (evaluation mode: the support's)."""
+        if batch_norm != "support":
+            return batch_statistics(hidden)
+        if not is_training:
+            shape = hidden.shape[-1:]
+            return hk.get_state("mean", shape), hk.get_state("var", shape)
+        mean, variance = batch_statistics(hidden)
+        hk.set_state("mean", mean)
+        hk.set_state("var", variance)
+        return mean, variance
+
+    def block(hidden: jax.Array, index: int, is_training: bool) -> jax.Array:
         channels = hidden.shape[-1]
         with hk.name_scope(f"conv_{index}"):
             weights = hk.get_parameter("w", (3, 3, channels, filters), init=w_init)
@@ -257,17 +313,22 @@ def make_conv4(
                 scale = None
                 if batch_norm_scale:
                     scale = hk.get_parameter("scale", (filters,), init=jnp.ones)
-                hidden = normalise_batch(hidden, batch_norm_eps, scale, offset)
+                hidden = normalise(
+                    hidden,
+                    statistics(hidden, is_training),
+                    batch_norm_eps,
+                    scale,
+                    offset,
+                )
         hidden = jax.nn.relu(hidden)
         if downsample == "pool":
             hidden = hk.max_pool(hidden, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
         return hidden
 
     def forward(inputs: jax.Array, is_training: bool, features_only: bool):
-        del is_training  # transductive BatchNorm: batch statistics always
         hidden = inputs
         for index in range(4):
-            hidden = block(hidden, index)
+            hidden = block(hidden, index, is_training)
         if features == "mean":
             hidden = jnp.mean(hidden, axis=(1, 2))
         else:
@@ -276,4 +337,4 @@ def make_conv4(
             return hidden
         return hk.Linear(output_size, w_init=w_init, name=HEAD_MODULE)(hidden)
 
-    return _from_haiku(forward)
+    return _from_haiku(forward, batch_norm)

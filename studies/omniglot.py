@@ -67,12 +67,18 @@ def method_of(run: Run) -> str:
         return run.algo
     if run.config.algo.first_order:
         return "fomaml"
-    return "mamlpp" if is_mamlpp(run.config.algo) else "maml"
+    return "mamlpp" if is_mamlpp(run.config) else "maml"
 
 
-def is_mamlpp(algo) -> bool:
-    """Whether a MAML config turns on any of MAML++'s options."""
-    return False
+def is_mamlpp(config) -> bool:
+    """Whether a MAML run turns on any of MAML++'s options."""
+    algo = config.algo
+    return bool(
+        algo.multi_step_loss
+        or algo.learned_lrs
+        or algo.first_order_epochs > 0
+        or config.model.batch_norm == "per_step"
+    )
 
 
 def finished_runs(sweep_dir: Path) -> dict[tuple[str, str], list[Run]]:

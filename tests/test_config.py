@@ -77,6 +77,7 @@ def test_the_default_is_the_tutorials_batched_maml():
         "name": "maml",
         "first_order": False,
         "remat": False,
+        **MAMLPP_OFF,
     }
     assert config.logger.name == "wandb" and config.logger.mode is None
     assert config.eval.k == 20 and config.eval.num_tasks == 1000
@@ -145,9 +146,10 @@ def test_every_registered_component_has_a_yaml_option():
         assert set(registry) <= set(options(group)), group
 
 
+IMAGE_VARIANTS = ("mamlpp", "protonet")  # arms of the Omniglot comparison only
 PRESETS = (
     [[f"experiment={e}"] for e in options("experiment")]
-    + [[f"variant={v}"] for v in options("variant")]
+    + [[f"variant={v}"] for v in options("variant") if v not in IMAGE_VARIANTS]
     + [  # the variants are arms of the sinusoid studies
         [f"experiment={e}", f"variant={v}"]
         for e in ("tutorial", "maml_paper_sinusoid")
@@ -155,7 +157,7 @@ PRESETS = (
     ]
     + [  # the arms of the Omniglot comparison (sweep=compare_omniglot)
         ["experiment=maml_paper_omniglot_5w1s", f"variant={v}"]
-        for v in ("maml", "protonet", "reptile", "pretrained")
+        for v in ("maml", "mamlpp", "protonet", "reptile", "pretrained")
     ]
 )
 
@@ -176,12 +178,22 @@ def test_paper_preset_is_the_maml_papers_setting_and_variants_apply_last():
     assert config.eval.extra_k == [10, 20]
 
 
+MAMLPP_OFF = {  # MAML++'s options of algo=maml, all off
+    "multi_step_loss": False,
+    "multi_step_loss_epochs": 10,
+    "learned_lrs": False,
+    "first_order_epochs": 0,
+    "epoch_steps": 500,
+}
+
+
 def test_fomaml_preset_is_first_order_maml():
     config = typed_config(["algo=fomaml"])
     assert dataclasses.asdict(config.algo) == {
         "name": "maml",
         "first_order": True,
         "remat": False,
+        **MAMLPP_OFF,
     }
     assert build(config).algorithm.name == "fomaml"
 

@@ -179,7 +179,7 @@ def test_table1_rows_sit_beside_the_papers_numbers():
     assert "| 98.7 ± 0.4 |" in omniglot_rows[0] and "| 99.2 ± 0.2 |" in omniglot_rows[1]
 
 
-@pytest.mark.slow  # a 4-job Omniglot sweep (~1 min)
+@pytest.mark.slow  # a 6-job Omniglot sweep (~2 min)
 def test_the_omniglot_comparison_runs_and_tabulates(tmp_path, omniglot_root):
     tiny = ["task.image_size=14", "model.filters=8", "outer.steps=4"]
     tiny += ["train.log_every=2", "eval.num_tasks=6", "eval.steps=2", "logger=none"]
@@ -194,7 +194,7 @@ def test_the_omniglot_comparison_runs_and_tabulates(tmp_path, omniglot_root):
             "--out",
             str(tmp_path / "figures"),
             "experiment=maml_paper_omniglot_5w1s",
-            "variant=maml,protonet",
+            "variant=maml,mamlpp,protonet",
             "seed=0,1",
             f"data.root={omniglot_root}",
             *tiny,
@@ -207,7 +207,8 @@ def test_the_omniglot_comparison_runs_and_tabulates(tmp_path, omniglot_root):
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "figures" / "omniglot_compare_table1.md").read_text()
     rows = table.splitlines()[2:]
-    assert [row.split(" | ")[1] for row in rows] == ["MAML", "Prototypical Networks"]
+    methods = [row.split(" | ")[1] for row in rows]
+    assert methods == ["MAML", "MAML++", "Prototypical Networks"]
     assert all("| 4 |" in row and row.endswith("| 2 |") for row in rows)
-    assert "| 98.8 |" in rows[1]  # Snell et al.'s number beside ours
+    assert "| 99.47 |" in rows[1] and "| 98.8 |" in rows[2]  # the papers' numbers
     assert (tmp_path / "figures" / "omniglot_compare_acc_vs_steps.png").is_file()

@@ -13,9 +13,10 @@ from metalearn.algorithms.base import (
     make_head_adapt,
     make_init,
     make_predict,
+    query_of,
     start_from_meta_params,
 )
-from metalearn.inner import make_model_loss
+from metalearn.inner import make_model_loss, make_query_loss
 from metalearn.models import Model
 from metalearn.tasks import TaskBatch, TaskFamily
 
@@ -41,10 +42,12 @@ def make_anil(
         remat: recompute each inner step's activations in the backward pass.
     """
     loss_fn = make_model_loss(model, task.loss)
+    query_loss = make_query_loss(model, task.loss)
     adapt = make_head_adapt(model, loss_fn, inner_steps, first_order, remat)
     adapt_one_step = make_head_adapt(model, loss_fn, 1, first_order=True)
 
-    def task_objective(meta_params, model_state, batch: TaskBatch):
+    def task_objective(meta_params, model_state, batch: TaskBatch, step):
+        del step  # the objective does not change with training
         params, state = adapt(
             meta_params,
             inner_lr,
@@ -52,7 +55,7 @@ def make_anil(
             batch.support_inputs,
             batch.support_targets,
         )
-        return loss_fn(params, state, batch.query_inputs, batch.query_targets)
+        return query_loss(params, state, *query_of(batch))
 
     def adapt_step(meta_params, params, model_state, inputs, targets):
         del meta_params

@@ -66,7 +66,11 @@ class AdaptStepFn(Protocol):
 
 class PredictFn(Protocol):
     def __call__(
-        self, params: Params, model_state: ModelState, inputs: jax.Array
+        self,
+        params: Params,
+        model_state: ModelState,
+        inputs: jax.Array,
+        support_inputs: jax.Array | None = None,
     ) -> jax.Array: ...
 
 
@@ -83,7 +87,9 @@ class Algorithm(NamedTuple):
             from before any adaptation step.
         adapt_step: `(meta_params, params, model_state, inputs, targets) -> (params,
             model_state)`, one adaptation step on a support set `[K, ...]`.
-        predict: `(params, model_state, inputs) -> predictions`.
+        predict: `(params, model_state, inputs, support_inputs=None) ->
+            predictions`; `support_inputs` is the task's support set, which
+            non-transductive BatchNorm (`model.batch_norm=support`) normalises with.
         adapts_once: True when one `adapt_step` is the whole adaptation and more
             steps would change nothing (ProtoNets: it computes the support set's
             prototypes). Evaluation then takes it once and reports its score at
@@ -101,11 +107,17 @@ class Algorithm(NamedTuple):
 
 
 class TaskObjective(Protocol):
-    """One task's meta-objective: `(meta_params, model_state, task) -> (loss,
-    (model_state, query predictions))`."""
+    """One task's meta-objective: `(meta_params, model_state, task, step) -> (loss,
+    (model_state, query predictions))`; `step` is the meta-step (for objectives
+    that change with training, such as MAML++'s multi-step loss)."""
 
     def __call__(
-        self, meta_params: MetaParams, model_state: ModelState, task: TaskBatch, /
+        self,
+        meta_params: MetaParams,
+        model_state: ModelState,
+        task: TaskBatch,
+        step: jax.Array | int,
+        /,
     ) -> tuple[jax.Array, tuple[ModelState, jax.Array]]: ...
 
 
@@ -132,23 +144,24 @@ def make_batched_meta_grad(
     """
     metrics_of = query_metrics(task)
 
-    def one_task(meta_params, model_state, batch: TaskBatch):
-        loss, (state, predictions) = task_objective(meta_params, model_state, batch)
+    def one_task(meta_params, model_state, batch: TaskBatch, step):
+        loss, (state, predictions) = task_objective(
+            meta_params, model_state, batch, step
+        )
         return loss, (state, metrics_of(predictions, batch.query_targets))
 
-    def batch_objective(meta_params, model_state, tasks):
+    def batch_objective(meta_params, model_state, tasks, step):
         num_tasks = jax.tree.leaves(tasks)[0].shape[0]
-        losses, aux = jax.vmap(one_task, in_axes=(0, None, 0))(
-            tile(meta_params, num_tasks), model_state, tasks
+        losses, aux = jax.vmap(one_task, in_axes=(0, None, 0, None))(
+            tile(meta_params, num_tasks), model_state, tasks, step
         )
         return jnp.mean(losses), mean_over_tasks(aux)
 
     value_and_grad = jax.value_and_grad(batch_objective, has_aux=True)
 
     def meta_grad(meta_params, model_state, tasks, step=0):
-        del step
         (loss, (state, metrics)), grads = value_and_grad(
-            meta_params, model_state, tasks
+            meta_params, model_state, tasks, step
         )
         return MetaGradient(loss, grads, state, metrics)
 
@@ -187,13 +200,28 @@ def make_init(model: Model, task: TaskFamily) -> InitFn:
 
 
 def make_predict(model: Model) -> PredictFn:
-    """`(params, model_state, inputs) -> predictions`, batch statistics as in training
-    (transductive, the MAML reference code's choice for BatchNorm)."""
+    """`(params, model_state, inputs, support_inputs=None) -> predictions`, with
+    batch statistics as in training (transductive, the MAML reference code's choice
+    for BatchNorm), or for `model.batch_norm == "support"` with the statistics of
+    `support_inputs` (else of the last support set the state has seen)."""
+    support_statistics = model.batch_norm == "support"
 
-    def predict(params, model_state, inputs):
-        return model.apply(params, model_state, inputs, True)[0]
+    def predict(params, model_state, inputs, support_inputs=None):
+        if not support_statistics:
+            return model.apply(params, model_state, inputs, True)[0]
+        if support_inputs is not None:
+            model_state = model.apply(params, model_state, support_inputs, True)[1]
+        return model.apply(params, model_state, inputs, False)[0]
 
     return predict
+
+
+def query_of(
+    batch: TaskBatch,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(support_inputs, query_inputs, query_targets)`: what a query loss
+    (`inner.make_query_loss`) takes of a task."""
+    return batch.support_inputs, batch.query_inputs, batch.query_targets
 
 
 def mean_over_tasks(tree):
@@ -228,10 +256,15 @@ def metrics_mean(metrics: Mapping[str, jax.Array]) -> Metrics:
 
 def split_head(model: Model, params: Params) -> tuple[Params, Params]:
     """(body, head): the same tree with `None` where the other part's leaves are."""
-    is_head = model.head(params)
-    body = jax.tree.map(lambda h, p: None if h else p, is_head, params)
-    head = jax.tree.map(lambda h, p: p if h else None, is_head, params)
-    return body, head
+    return split_by(model.head(params), params)
+
+
+def split_by(mask: Any, params: Params) -> tuple[Params, Params]:
+    """(unmarked, marked) by a bool pytree `mask` shaped like `params`: the same
+    tree with `None` where the other part's leaves are (`merge_head` joins them)."""
+    unmarked = jax.tree.map(lambda m, p: None if m else p, mask, params)
+    marked = jax.tree.map(lambda m, p: p if m else None, mask, params)
+    return unmarked, marked
 
 
 def merge_head(body: Params, head: Params) -> Params:

@@ -15,8 +15,14 @@ from metalearn.algorithms.base import (
     make_batched_meta_grad,
     make_init,
     make_predict,
+    query_of,
 )
-from metalearn.inner import make_adapt, make_model_loss, make_sgd_step
+from metalearn.inner import (
+    make_adapt,
+    make_model_loss,
+    make_query_loss,
+    make_sgd_step,
+)
 from metalearn.models import Model
 from metalearn.tasks import TaskBatch, TaskFamily
 
@@ -43,6 +49,7 @@ def make_metasgd(
         remat: recompute each inner step's activations in the backward pass.
     """
     loss_fn = make_model_loss(model, task.loss)
+    query_loss = make_query_loss(model, task.loss)
     adapt = make_adapt(loss_fn, inner_steps, first_order, remat)
     step = make_sgd_step(loss_fn)
     init_weights = make_init(model, task)
@@ -52,7 +59,8 @@ def make_metasgd(
         lrs = jax.tree.map(lambda p: jnp.full_like(p, inner_lr), params)
         return {"params": params, "lrs": lrs}, model_state
 
-    def task_objective(meta_params, model_state, batch: TaskBatch):
+    def task_objective(meta_params, model_state, batch: TaskBatch, step):
+        del step  # the objective does not change with training
         params, state = adapt(
             meta_params["params"],
             meta_params["lrs"],
@@ -60,7 +68,7 @@ def make_metasgd(
             batch.support_inputs,
             batch.support_targets,
         )
-        return loss_fn(params, state, batch.query_inputs, batch.query_targets)
+        return query_loss(params, state, *query_of(batch))
 
     def adapt_init(meta_params, key):
         del key

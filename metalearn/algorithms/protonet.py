@@ -75,11 +75,13 @@ def make_protonet(
         centres = prototypes(model.embed(net, model_state, inputs), targets, ways)
         return {"net": net, "prototypes": centres}
 
-    def predict(params, model_state, inputs):
+    def predict(params, model_state, inputs, support_inputs=None):
+        del support_inputs  # query and support are embedded with their own statistics
         features = model.embed(params["net"], model_state, inputs)
         return negative_squared_distances(features, params["prototypes"])
 
-    def task_objective(meta_params, model_state, batch: TaskBatch):
+    def task_objective(meta_params, model_state, batch: TaskBatch, step):
+        del step  # the same objective at every meta-step
         params = adapt(
             meta_params, model_state, batch.support_inputs, batch.support_targets
         )

@@ -18,9 +18,10 @@ from metalearn.algorithms.base import (
     make_sgd_adapt_step,
     mean_over_tasks,
     query_metrics,
+    query_of,
     start_from_meta_params,
 )
-from metalearn.inner import make_adapt, make_model_loss
+from metalearn.inner import make_adapt, make_model_loss, make_query_loss
 from metalearn.models import Model
 from metalearn.tasks import TaskBatch, TaskFamily
 
@@ -31,6 +32,7 @@ def make_reptile(
 ) -> Algorithm:
     """Builds Reptile for `model` on `task`."""
     loss_fn = make_model_loss(model, task.loss)
+    query_loss_fn = make_query_loss(model, task.loss)
     adapt = make_adapt(loss_fn, inner_steps, first_order=True)
     metrics_of = query_metrics(task)
 
@@ -42,9 +44,7 @@ def make_reptile(
             batch.support_inputs,
             batch.support_targets,
         )
-        query_loss, (_, predictions) = loss_fn(
-            params, state, batch.query_inputs, batch.query_targets
-        )
+        query_loss, (_, predictions) = query_loss_fn(params, state, *query_of(batch))
         delta = jax.tree.map(jax.numpy.subtract, meta_params, params)
         return query_loss, delta, state, metrics_of(predictions, batch.query_targets)
 
