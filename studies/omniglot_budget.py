@@ -1,7 +1,7 @@
 """Omniglot under a 15-minute training budget on this machine: the runs an issue's
 acceptance names, one after the other, and their table.
 
-    python studies/omniglot_budget.py                  # all four (~80 min on 2 cores)
+    python studies/omniglot_budget.py                  # all five (~95 min on 2 cores)
     python studies/omniglot_budget.py --only fo5w1s    # one of them
     python studies/omniglot_budget.py --tabulate-only  # the table of runs made before
 
@@ -35,6 +35,8 @@ RUNS = {
     ],  # fmt: skip
     "fo20w1s": ["experiment=maml_paper_omniglot_20w1s", "algo=fomaml"],
     "so5w1s": ["experiment=maml_paper_omniglot_5w1s", "algo=maml", "outer.lr=0.003"],
+    # Prototypical Networks on the same episodes (issue #14's acceptance: >= 97%)
+    "protonet5w1s": ["experiment=maml_paper_omniglot_5w1s", "algo=protonet"],
 }
 
 
@@ -55,6 +57,8 @@ def row(name: str, run_dir: Path) -> str:
 
     paper_steps = config["eval"]["objective"].partition("@step")[2]
     order = "first" if config["algo"].get("first_order") else "second"
+    if config["algo"]["name"] == "protonet":
+        order = "none"  # no inner gradient steps
     steps = int(summary["train/steps"])
     return (
         f"| {name} | {config['task']['ways']}w{config['inner']['k']}s | {order} "
