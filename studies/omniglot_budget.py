@@ -57,7 +57,7 @@ def row(name: str, run_dir: Path) -> str:
 
     paper_steps = config["eval"]["objective"].partition("@step")[2]
     order = "first" if config["algo"].get("first_order") else "second"
-    if config["algo"]["name"] == "protonet":
+    if config["algo"].get("name") == "protonet":
         order = "none"  # no inner gradient steps
     steps = int(summary["train/steps"])
     return (

@@ -99,12 +99,12 @@ def image_folder_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def mini_imagenet_standin(tmp_path_factory) -> SimpleNamespace:
-    """A data root with generated images under miniImageNet's own file names, 20
-    per class (enough for the 5-shot preset's 5 + 15), and split files listing
-    just those."""
+    """A data root with generated images under miniImageNet's own file names, 2
+    per class, and split files listing just those (tests of the presets set K and
+    Q to 1)."""
     from helpers import write_mini_standin
 
     with made_once(tmp_path_factory, "mini_imagenet") as (root, make):
         if make:
-            write_mini_standin(root / "mini_imagenet", root / "splits", 20, "images")
+            write_mini_standin(root / "mini_imagenet", root / "splits", 2, "images")
     return SimpleNamespace(data_root=root, split_dir=root / "splits")

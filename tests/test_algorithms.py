@@ -220,7 +220,15 @@ def test_sgd_baseline_ignores_meta_training():
     assert means["mse"][20] < 0.5 * means["mse"][0]  # SGD on the support set helps
 
 
-@pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "sgd"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        # protonet's own conv programs (~8 s cold); its logits test runs by default
+        pytest.param(n, marks=pytest.mark.slow) if n == "protonet" else n
+        for n in ALGORITHMS
+        if n != "sgd"
+    ],
+)
 def test_every_algorithm_trains_a_few_steps_and_lowers_its_loss(name):
     family = training_family(name)
     model = make_mlp(family.input_shape, family.output_size, hidden_sizes=(32, 32))
@@ -276,6 +284,7 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means():
     assert float(result.metrics["acc"]) == np.mean(expected.argmax(1) == QUERY_Y)
 
 
+@pytest.mark.slow  # float64 conv programs: ~13 s cold
 def test_protonet_meta_gradient_matches_finite_differences_in_float64():
     with jax.enable_x64(True):
         model = make_mlp((2,), 3, hidden_sizes=(5,), activation="tanh")
@@ -301,6 +310,7 @@ def test_protonet_meta_gradient_matches_finite_differences_in_float64():
             )
 
 
+@pytest.mark.slow  # a conv4 evaluation: ~10 s cold
 def test_protonet_evaluation_reports_the_prototype_score_at_every_step():
     model = make_mlp((2,), 3, hidden_sizes=(8,))
     protonet = make_protonet(model, BLOBS, inner_lr=0.1, inner_steps=1)

@@ -109,7 +109,11 @@ def data_overrides(request, overrides: list[str]) -> list[str]:
         return [f"task.root={root}", "task.ways=3", "task.image_size=16"]
     if any("mini_imagenet" in o for o in overrides):
         standin = request.getfixturevalue("mini_imagenet_standin")
-        return [f"data.root={standin.data_root}", f"task.split_dir={standin.split_dir}"]
+        return [  # 2 images a class
+            f"data.root={standin.data_root}",
+            f"task.split_dir={standin.split_dir}",
+            *["inner.k=1", "outer.num_query=1", "eval.k=1", "eval.num_query=1"],
+        ]
     return []
 
 
@@ -124,7 +128,7 @@ def build_overrides(request, group: str, option: str) -> list[str]:
         overrides.append("task=omniglot")
     if "task=omniglot" in overrides:  # 20 drawings per class: K + Q <= 20
         overrides += ["inner.k=1", "eval.num_query=15"]
-    if overrides[0] in ("task=image_folder", "task=mini_imagenet"):  # 12, 20 a class
+    if overrides[0] == "task=image_folder":  # 12 images a class
         overrides += ["inner.k=1", "eval.num_query=5", "outer.num_query=5"]
     return [*overrides, *data_overrides(request, overrides)]
 

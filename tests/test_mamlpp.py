@@ -157,6 +157,7 @@ def test_learned_lrs_get_their_closed_form_meta_gradients(steps):
         assert float(grads["params"]) == pytest.approx(d_theta, rel=1e-12)
 
 
+@pytest.mark.slow  # a conv4's LSLR meta-gradient: ~25 s cold (the closed form is fast)
 def test_every_layer_and_steps_learning_rate_of_a_conv4_gets_a_gradient():
     maml = make_maml(tiny_conv4("transductive"), IMAGES, 0.1, 2, learned_lrs=True)
     meta_params, state = maml.init(jax.random.key(0))
@@ -167,6 +168,7 @@ def test_every_layer_and_steps_learning_rate_of_a_conv4_gets_a_gradient():
         assert leaf.shape == (2,) and np.all(np.abs(leaf) > 0)
 
 
+@pytest.mark.slow  # float64 second order with every option: ~7 s cold
 def test_the_full_mamlpp_meta_gradient_matches_finite_differences():
     """Multi-step loss, learned rates and derivative-order annealing, second order."""
     with jax.enable_x64(True):
@@ -193,6 +195,7 @@ def test_the_full_mamlpp_meta_gradient_matches_finite_differences():
 # --- derivative-order annealing -------------------------------------------------
 
 
+@pytest.mark.slow  # both orders' programs in float64: ~11 s cold
 def test_derivative_order_annealing_switches_from_fomaml_to_maml_at_its_step():
     with jax.enable_x64(True):
         sinusoid = make_sinusoid().train
@@ -223,6 +226,7 @@ def test_derivative_order_annealing_switches_from_fomaml_to_maml_at_its_step():
 # --- per-step BatchNorm -----------------------------------------------------------
 
 
+@pytest.mark.slow  # a conv4 meta-gradient: ~19 s cold
 def test_per_step_batch_norm_keeps_one_offset_and_scale_per_inner_step():
     """One row of BatchNorm weights per inner step, every row used, meta-learned
     only: the inner loop leaves them alone (MAML++'s default)."""
@@ -271,6 +275,7 @@ def test_per_step_batch_norm_meta_gradient_matches_finite_differences():
             )
 
 
+@pytest.mark.slow  # conv4 programs per step: ~13 s cold
 def test_evaluation_with_per_step_batch_norm_uses_each_steps_row():
     """After n adaptation steps the prediction uses row n - 1, as MAML++'s query
     does; a change to row 2 shows only from the third step on."""
@@ -299,6 +304,7 @@ def test_evaluation_with_per_step_batch_norm_uses_each_steps_row():
 # --- non-transductive BatchNorm -------------------------------------------------
 
 
+@pytest.mark.slow  # conv4 programs in three modes: ~18 s cold
 def test_support_batch_norm_predicts_each_query_example_from_the_support_alone():
     tasks = jax.tree.map(lambda a: a[0].astype(jnp.float32), image_tasks(1))
     support, query = tasks.support_inputs, tasks.query_inputs
@@ -318,9 +324,8 @@ def test_support_batch_norm_predicts_each_query_example_from_the_support_alone()
     assert not np.allclose(*outputs["transductive"][:2], atol=1e-3)
 
 
-@pytest.mark.parametrize(
-    "make_algorithm", [make_maml, pytest.param(make_anil, marks=pytest.mark.slow)]
-)
+@pytest.mark.slow  # float64 second order through a conv4: ~27 s cold
+@pytest.mark.parametrize("make_algorithm", [make_maml, make_anil])
 def test_support_batch_norm_meta_gradient_matches_finite_differences(make_algorithm):
     with jax.enable_x64(True):
         algorithm = make_algorithm(tiny_conv4("support"), IMAGES, 0.1, 2)

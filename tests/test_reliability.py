@@ -528,6 +528,7 @@ def read_terminal(terminal: int, until=None, timeout: float = 60) -> str:
     return output
 
 
+@pytest.mark.slow  # a train.py subprocess on a terminal, then a resume: ~20 s cold
 def test_a_stop_during_the_final_evaluation_ends_it_within_seconds_training_saved(
     tmp_path,
 ):
