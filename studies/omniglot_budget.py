@@ -1,7 +1,7 @@
 """Omniglot under a 15-minute training budget on this machine: the runs an issue's
 acceptance names, one after the other, and their table.
 
-    python studies/omniglot_budget.py                  # all five (~95 min on 2 cores)
+    python studies/omniglot_budget.py                  # all six (~2 h on 2 cores)
     python studies/omniglot_budget.py --only fo5w1s    # one of them
     python studies/omniglot_budget.py --tabulate-only  # the table of runs made before
 
@@ -35,6 +35,13 @@ RUNS = {
     ],  # fmt: skip
     "fo20w1s": ["experiment=maml_paper_omniglot_20w1s", "algo=fomaml"],
     "so5w1s": ["experiment=maml_paper_omniglot_5w1s", "algo=maml", "outer.lr=0.003"],
+    # MAML++'s options (variant=mamlpp) on so5w1s's setting: issue #14's
+    # "MAML++ >= plain MAML in the same budget"
+    "mamlpp5w1s": [
+        "experiment=maml_paper_omniglot_5w1s",
+        "variant=mamlpp",
+        "outer.lr=0.003",
+    ],
     # Prototypical Networks on the same episodes (issue #14's acceptance: >= 97%)
     "protonet5w1s": ["experiment=maml_paper_omniglot_5w1s", "algo=protonet"],
 }
