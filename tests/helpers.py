@@ -361,3 +361,47 @@ def write_mini_standin(root: Path, split_dir: Path, per_class: int, layout: str)
             class_id = list(seen).index(label)
             image = class_image(class_id, number)
             Image.fromarray(image).save(folder / filename, quality=95)
+
+
+# --- a quadratic test problem with closed-form answers -----------------------------
+# A model whose prediction is its one parameter theta: a task with support targets C
+# and query targets D has losses (theta - C)^2 and (theta - D)^2.
+
+THETA, LR, C, D = 0.7, 0.1, 2.0, -1.0  # start, inner lr, support and query targets
+
+
+def constant_model():
+    """Predicts its single parameter theta for every input: MSE = (theta - y)^2."""
+    from metalearn.models import Model
+
+    return Model(
+        init=lambda key, inputs: (jax.numpy.array(THETA), {}),
+        apply=lambda theta, state, inputs, training: (
+            jax.numpy.full((inputs.shape[0], 1), theta),
+            state,
+        ),
+        embed=lambda theta, state, inputs: jax.numpy.ones((inputs.shape[0], 1)),
+        head=lambda params: True,
+        body=lambda params: {},
+    )
+
+
+def quadratic_problem():
+    """The regression family of the constant model, and one task of it (a task
+    axis of 1: support targets C at 3 points, query targets D at 2)."""
+    from metalearn.metrics import mean_squared_error
+    from metalearn.tasks import TaskBatch, TaskFamily
+
+    family = TaskFamily("quadratic", None, (), mean_squared_error, {}, (1,), 1)
+    task = TaskBatch(
+        support_inputs=jax.numpy.zeros((1, 3, 1)),
+        support_targets=jax.numpy.full((1, 3, 1), C),
+        query_inputs=jax.numpy.zeros((1, 2, 1)),
+        query_targets=jax.numpy.full((1, 2, 1), D),
+    )
+    return family, task
+
+
+def adapted(steps):
+    """Each SGD step on (theta - C)^2 maps theta -> C + (1 - 2 LR)(theta - C)."""
+    return C + (1 - 2 * LR) ** steps * (THETA - C)

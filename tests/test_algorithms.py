@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import LR, THETA, C, D, adapted, constant_model, quadratic_problem
 from jax.flatten_util import ravel_pytree
 
 from metalearn.algorithms import (
@@ -23,48 +24,14 @@ from metalearn.metrics import (
     LOSS,
     accuracy,
     cross_entropy,
-    mean_squared_error,
 )
-from metalearn.models import Model, make_mlp
+from metalearn.models import make_mlp
 from metalearn.optimizers import flat_optimizer
 from metalearn.tasks import TaskBatch, TaskFamily
 from metalearn.tasks.sinusoid import make_sinusoid
 from metalearn.trainer import init_train_state, make_train_step, make_train_window
 
-THETA, LR, C, D = 0.7, 0.1, 2.0, -1.0  # start, inner lr, support and query targets
-
-
-def constant_model() -> Model:
-    """Predicts its single parameter theta for every input: MSE = (theta - y)^2."""
-    return Model(
-        init=lambda key, inputs: (jnp.array(THETA), {}),
-        apply=lambda theta, state, inputs, training: (
-            jnp.full((inputs.shape[0], 1), theta),
-            state,
-        ),
-        embed=lambda theta, state, inputs: jnp.ones((inputs.shape[0], 1)),
-        head=lambda params: True,
-        body=lambda params: {},
-    )
-
-
-QUADRATIC = TaskFamily(
-    name="quadratic",
-    sample=None,
-    data=(),
-    loss=mean_squared_error,
-    metrics={},
-    input_shape=(1,),
-    output_size=1,
-)
-ONE_TASK = (
-    TaskBatch(  # with a task axis of 1: support targets C (3 points), query D (2)
-        support_inputs=jnp.zeros((1, 3, 1)),
-        support_targets=jnp.full((1, 3, 1), C),
-        query_inputs=jnp.zeros((1, 2, 1)),
-        query_targets=jnp.full((1, 2, 1), D),
-    )
-)
+QUADRATIC, ONE_TASK = quadratic_problem()
 
 
 def sample_blobs(key, data, num_support, num_query, ways=3) -> TaskBatch:
@@ -101,11 +68,6 @@ def training_family(name: str) -> TaskFamily:
     if ALGORITHMS.metadata(name).get("classification_only"):
         return BLOBS
     return make_sinusoid(amp_max=0.5).train
-
-
-def adapted(steps):
-    """Each SGD step on (theta - C)^2 maps theta -> C + (1 - 2 LR)(theta - C)."""
-    return C + (1 - 2 * LR) ** steps * (THETA - C)
 
 
 # name -> (factory, options, expected meta-gradient after `steps` inner steps)

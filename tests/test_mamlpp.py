@@ -7,49 +7,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import final_state, read_json, train_main
+from helpers import (
+    LR,
+    THETA,
+    C,
+    D,
+    adapted,
+    constant_model,
+    final_state,
+    quadratic_problem,
+    read_json,
+    train_main,
+)
 from jax.flatten_util import ravel_pytree
 
 from metalearn.algorithms import make_anil, make_maml
 from metalearn.algorithms.maml import multi_step_loss_weights
-from metalearn.metrics import cross_entropy, mean_squared_error
-from metalearn.models import Model, make_conv4, make_mlp
+from metalearn.metrics import cross_entropy
+from metalearn.models import make_conv4, make_mlp
 from metalearn.tasks import TaskBatch, TaskFamily
 from metalearn.tasks.sinusoid import make_sinusoid
 
-THETA, LR, C, D = 0.7, 0.1, 2.0, -1.0  # start, inner lr, support and query targets
-
-
-def constant_model() -> Model:
-    """Predicts its single parameter theta for every input: MSE = (theta - y)^2."""
-    return Model(
-        init=lambda key, inputs: (jnp.array(THETA), {}),
-        apply=lambda theta, state, inputs, training: (
-            jnp.full((inputs.shape[0], 1), theta),
-            state,
-        ),
-        embed=lambda theta, state, inputs: jnp.ones((inputs.shape[0], 1)),
-        head=lambda params: True,
-        body=lambda params: params,
-    )
+QUADRATIC, ONE_TASK = quadratic_problem()
 
 
 def family(loss, input_shape, output_size) -> TaskFamily:
     return TaskFamily("test", None, (), loss, {}, input_shape, output_size)
-
-
-QUADRATIC = family(mean_squared_error, (1,), 1)
-ONE_TASK = TaskBatch(  # a task axis of 1: support targets C (3 points), query D (2)
-    support_inputs=jnp.zeros((1, 3, 1)),
-    support_targets=jnp.full((1, 3, 1), C),
-    query_inputs=jnp.zeros((1, 2, 1)),
-    query_targets=jnp.full((1, 2, 1), D),
-)
-
-
-def adapted(steps):
-    """Each SGD step on (theta - C)^2 maps theta -> C + (1 - 2 LR)(theta - C)."""
-    return C + (1 - 2 * LR) ** steps * (THETA - C)
 
 
 IMAGES = family(cross_entropy, (8, 8, 1), 3)  # 3-way, 8x8 images, for a tiny conv4
