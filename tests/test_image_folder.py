@@ -208,6 +208,7 @@ def test_a_bad_split_file_is_named(tmp_path):
         make_tasks(tmp_path / "data", written["overrides"])
 
 
+@pytest.mark.slow  # five train.py starts: ~7 s cold
 def test_bad_options_name_the_key(tmp_path, capsys):
     written = write_image_folder(tmp_path / "images", "split_folders")
     base = ["task=image_folder", "task.ways=3", f"data.root={tmp_path / 'data'}"]

@@ -491,6 +491,7 @@ def test_a_file_that_cannot_be_written_mid_run_ends_it_in_one_line(
     assert read_json(run_dir / STATUS_FILE) == {"state": "failed", "error": line}
 
 
+@pytest.mark.slow  # a run and its resume through a failing disk: ~8 s cold
 def test_a_full_disk_mid_run_loses_no_training_and_the_run_resumes(
     tmp_path, capsys, monkeypatch
 ):
