@@ -255,7 +255,7 @@ TINY = [
 @pytest.mark.parametrize(
     "model",
     [
-        [],  # an MLP over the pixels: compiles in seconds
+        pytest.param([], marks=pytest.mark.slow),  # an MLP over the pixels: ~15 s
         pytest.param(["model=conv4", "model.filters=8"], marks=pytest.mark.slow),
     ],
     ids=["mlp", "conv4"],

@@ -107,6 +107,7 @@ def flip_a_bit(step_dir) -> None:
     largest.write_bytes(bytes(data))
 
 
+@pytest.mark.slow  # a SIGTERMed train.py and a resume: ~7 s cold
 def test_a_preempted_run_whose_last_checkpoint_is_damaged_resumes_to_the_same_end(
     uninterrupted, tmp_path, monkeypatch, caplog
 ):
