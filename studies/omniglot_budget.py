@@ -3,17 +3,23 @@ acceptance names, one after the other, and their table.
 
     python studies/omniglot_budget.py                  # all six (~2 h on 2 cores)
     python studies/omniglot_budget.py --only fo5w1s    # one of them
+    python studies/omniglot_budget.py --only so5w1s mamlpp5w1s --seeds 1 2
     python studies/omniglot_budget.py --tabulate-only  # the table of runs made before
 
 Each run is `python train.py <its overrides> train.max_minutes=<M>` into
 `<--runs>/<name>`, W&B offline as usual; the table (written to
 `docs/figures/omniglot_budget.md`) gives the meta-steps each run got in the budget,
 its speed, and the test accuracy (600 tasks, ± 95% CI) at step 0 (chance: nothing of
-a test task leaks), after the paper's test steps and after 10.
+a test task leaks), after the paper's test steps and after 10. Seed 0 runs into
+`<name>`, seed s into `<name>_seed<s>`; rows run with more than one seed also get
+their mean over seeds with a 95% t-interval over seeds, and MAML++ and MAML run with
+the same seeds get their paired difference.
 """
 
 import argparse
 import json
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -47,11 +53,46 @@ RUNS = {
 }
 
 
-def run(name: str, runs_dir: Path, minutes: float) -> int:
-    command = [sys.executable, str(REPO / "train.py"), *RUNS[name]]
-    command += [f"train.max_minutes={minutes}", f"hydra.run.dir={runs_dir / name}"]
+# Student's t 97.5% quantiles by degrees of freedom: 95% intervals over a few seeds
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31}
+
+
+def run_name(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}_seed{seed}"
+
+
+def run(name: str, seed: int, runs_dir: Path, minutes: float) -> int:
+    command = [sys.executable, str(REPO / "train.py"), *RUNS[name], f"seed={seed}"]
+    run_dir = runs_dir / run_name(name, seed)
+    command += [f"train.max_minutes={minutes}", f"hydra.run.dir={run_dir}"]
     print(" ".join(command[1:]), flush=True)
     return subprocess.run(command, cwd=REPO).returncode
+
+
+def finished(runs_dir: Path) -> dict[str, dict[int, Path]]:
+    """The finished runs in `runs_dir`: {name in RUNS: {seed: run dir}}."""
+    found: dict[str, dict[int, Path]] = {}
+    for path in sorted(runs_dir.glob("*/summary.json")):
+        match = re.fullmatch(r"(.+?)(?:_seed(\d+))?", path.parent.name)
+        if match and match[1] in RUNS:
+            found.setdefault(match[1], {})[int(match[2] or 0)] = path.parent
+    return {name: dict(sorted(found[name].items())) for name in RUNS if name in found}
+
+
+def paper_score(run_dir: Path) -> float:
+    """Test accuracy (%) after the paper's test steps."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    return 100 * summary[f"eval/{config['eval']['objective']}"]
+
+
+def mean_t_ci(values: list[float], signed: bool = False) -> str:
+    """Mean ± the half-width of a 95% t-interval over `values`, and each value."""
+    form = "+.1f" if signed else ".1f"
+    mean = statistics.fmean(values)
+    half = T_975[len(values) - 1] * statistics.stdev(values) / len(values) ** 0.5
+    each = ", ".join(f"{value:{form}}" for value in values)
+    return f"{mean:{form}} ± {half:.1f} ({each})"
 
 
 def row(name: str, run_dir: Path) -> str:
@@ -83,11 +124,40 @@ def table(runs_dir: Path) -> str:
         "| acc, 10 steps |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    runs = finished(runs_dir)
     lines += [
-        row(name, runs_dir / name)
-        for name in RUNS
-        if (runs_dir / name / "summary.json").is_file()
+        row(run_dir.name, run_dir)
+        for seeds in runs.values()
+        for run_dir in seeds.values()
     ]
+    seeded = {name: seeds for name, seeds in runs.items() if len(seeds) > 1}
+    if seeded:
+        lines += [
+            "",
+            "| run | seeds | meta-steps | acc, paper's test steps: mean over seeds "
+            "± 95% t-interval (each seed) |",
+            "|---|---|---|---|",
+        ]
+        for name, seeds in seeded.items():
+            steps = [
+                int(json.loads((d / "summary.json").read_text())["train/steps"])
+                for d in seeds.values()
+            ]
+            scores = [paper_score(d) for d in seeds.values()]
+            lines.append(
+                f"| {name} | {', '.join(map(str, seeds))} "
+                f"| {min(steps):,}–{max(steps):,} | {mean_t_ci(scores)} |"
+            )
+    plain, mamlpp = runs.get("so5w1s", {}), runs.get("mamlpp5w1s", {})
+    paired = sorted(set(plain) & set(mamlpp))
+    if len(paired) > 1:
+        differences = [paper_score(mamlpp[s]) - paper_score(plain[s]) for s in paired]
+        lines += [
+            "",
+            "MAML++ options minus plain MAML, paired by seed "
+            f"({', '.join(map(str, paired))}): "
+            f"{mean_t_ci(differences, signed=True)} points.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -100,16 +170,19 @@ def main() -> int:
         "--runs", type=Path, default=REPO / "multirun" / "omniglot_budget"
     )
     parser.add_argument("--only", choices=sorted(RUNS), nargs="*")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--tabulate-only", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures")
     args = parser.parse_args()
     failed = []
     if not args.tabulate_only:
-        names = args.only or list(RUNS)
+        jobs = [(name, seed) for seed in args.seeds for name in args.only or RUNS]
         # a bar on a terminal only: each run is minutes of its own output
-        for name in tqdm(names, desc="omniglot budget runs", unit="run", disable=None):
-            if run(name, args.runs, args.minutes):
-                failed.append(name)
+        for name, seed in tqdm(
+            jobs, desc="omniglot budget runs", unit="run", disable=None
+        ):
+            if run(name, seed, args.runs, args.minutes):
+                failed.append(run_name(name, seed))
     text = table(args.runs)
     (args.out / "omniglot_budget.md").write_text(text)
     print(text)

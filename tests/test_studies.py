@@ -116,28 +116,60 @@ def test_paper_script_runs_the_maml_study_and_writes_figures_and_table(tmp_path)
     assert "(paper 2.41)" in result.stdout and "SGD retraining" in result.stdout
 
 
-def test_the_budget_table_reports_steps_speed_and_accuracy_with_cis(tmp_path):
-    import omniglot_budget
-
-    run_dir = tmp_path / "fo5w1s"
+def budget_run(run_dir, steps: int, acc_at_3: float, first_order=True):
+    """A finished run as `studies/omniglot_budget.py` reads it (no training)."""
     run_dir.mkdir()
-    summary = {"train/steps": 3000, "train/seconds": 900.0}
+    summary = {"train/steps": steps, "train/seconds": 900.0}
     for step in range(11):
         summary[f"eval/acc@step{step}"] = 0.2 + 0.07 * step
         summary[f"eval/acc_ci95@step{step}"] = 0.01
+    summary["eval/acc@step3"] = acc_at_3
     config = {
         "task": {"ways": 5, "loss_scale": "mean"},
         "inner": {"k": 1, "lr": 0.4},
         "outer": {"lr": 0.003},
-        "algo": {"first_order": True},
+        "algo": {"first_order": first_order},
         "eval": {"objective": "acc@step3"},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     (run_dir / "config.json").write_text(json.dumps(config))
+
+
+def test_the_budget_table_reports_steps_speed_and_accuracy_with_cis(tmp_path):
+    import omniglot_budget
+
+    budget_run(tmp_path / "fo5w1s", 3000, 0.41)
     header, rule, row = omniglot_budget.table(tmp_path).splitlines()
     assert row == (
         "| fo5w1s | 5w1s | first | mean | 0.4 | 0.003 | 3,000 | 3.33 | 20.0 ± 1.0 "
         "| 41.0 ± 1.0 (step 3) | 90.0 ± 1.0 |"
+    )
+
+
+def test_the_budget_table_gives_seeds_a_t_interval_and_pairs_mamlpp_with_maml(
+    tmp_path,
+):
+    import omniglot_budget
+
+    for seed, (plain, mamlpp) in enumerate([(0.95, 0.97), (0.96, 0.96), (0.94, 0.98)]):
+        suffix = f"_seed{seed}" if seed else ""
+        budget_run(tmp_path / f"so5w1s{suffix}", 2000 + seed, plain, False)
+        budget_run(tmp_path / f"mamlpp5w1s{suffix}", 2500, mamlpp, False)
+    budget_run(tmp_path / "not_a_study_run", 10, 0.5)
+    lines = omniglot_budget.table(tmp_path).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:8]] == [
+        "| so5w1s", "| so5w1s_seed1", "| so5w1s_seed2",
+        "| mamlpp5w1s", "| mamlpp5w1s_seed1", "| mamlpp5w1s_seed2",
+    ]  # fmt: skip
+    # mean 95.0, sample sd 1.0: 4.30 * 1 / sqrt(3) = 2.48
+    assert "| so5w1s | 0, 1, 2 | 2,000–2,002 | 95.0 ± 2.5 (95.0, 96.0, 94.0) |" in lines
+    assert "| mamlpp5w1s | 0, 1, 2 | 2,500–2,500 | 97.0 ± 2.5 (97.0, 96.0, 98.0) |" in (
+        lines
+    )
+    # differences +2, 0, +4: mean +2.0, sd 2.0, 4.30 * 2 / sqrt(3) = 4.97
+    assert lines[-1] == (
+        "MAML++ options minus plain MAML, paired by seed (0, 1, 2): "
+        "+2.0 ± 5.0 (+2.0, +0.0, +4.0) points."
     )
 
 
