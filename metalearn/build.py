@@ -83,6 +83,8 @@ def build(config: Config) -> Parts:
     optimizer = create(
         "optimizer", config.optimizer, config.outer.lr, config.outer.steps
     )
+    if config.outer.clip_value is not None:
+        optimizer = optax.chain(optax.clip(config.outer.clip_value), optimizer)
     check_examples_per_class(config, tasks)
     check_objective(
         config.eval.objective, _metric_names(config, tasks.test), config.eval.steps

@@ -124,6 +124,13 @@ class OuterConfig:
         at_least(1),
         shown="inner.k",
     )
+    clip_value: float | None = setting(
+        None,
+        "clip each meta-gradient element to [-clip_value, clip_value] before the "
+        "outer optimiser (the MAML reference code uses 10 on miniImageNet; null: "
+        "no clipping)",
+        optional(positive),
+    )
 
 
 @dataclass

@@ -310,6 +310,7 @@ def test_typed_refuses_a_saved_config_with_a_key_this_version_lacks():
         ("eval.extra_k=[5,0]", "eval.extra_k=[5, 0] is not allowed: every value"),
         ("outer.steps=3000000000", "it must be an integer between 1 and 2147483647"),
         ("train.max_minutes=0", "train.max_minutes=0.0 is not allowed"),
+        ("outer.clip_value=0", "outer.clip_value=0.0 is not allowed: it must be a"),
         ("seed=-1", "seed=-1 is not allowed: it must be an integer >= 0"),
     ],
 )

@@ -70,3 +70,20 @@ def test_a_flat_optimizer_updates_exactly_as_per_array(name):
         updates, _ = optimizer.update(grads, state, params)
         results.append(optax.apply_updates(params, updates))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), *results)
+
+
+def test_outer_clip_value_clips_each_meta_gradient_element_before_the_optimiser():
+    from helpers import compose_config
+
+    from metalearn.build import build
+    from metalearn.config import typed
+
+    overrides = ["optimizer=sgd", "outer.lr=1", "outer.clip_value=0.5"]
+    optimizer = build(typed(compose_config(overrides))).optimizer
+    params = {"a": jnp.zeros(3), "b": jnp.zeros(())}
+    grads = {"a": jnp.array([100.0, -0.25, -3.0]), "b": jnp.array(0.5)}
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    np.testing.assert_array_equal(updates["a"], [-0.5, 0.25, 0.5])  # -lr * clip(g)
+    assert float(updates["b"]) == -0.5
+    preset = typed(compose_config(["experiment=maml_paper_mini_imagenet_5w1s"]))
+    assert preset.outer.clip_value == 10  # the MAML reference code's miniImageNet
