@@ -223,14 +223,21 @@ def summary_lines(
     output dir and, for an offline W&B run, how to upload it."""
     metric = config.eval.objective.partition("@")[0]
     lines = [f"Finished {int(summary['train/steps'])} meta-steps."]
+    scores: dict[str, tuple[float, float]] = {}  # steps -> (score, its CI)
     for step in sorted({min(1, config.eval.steps), config.eval.steps}):
         key = f"eval/{metric}@step{step}"
         if key in summary:
             ci = summary.get(f"eval/{metric}_ci95@step{step}", float("nan"))
-            lines.append(
-                f"  {metric} after {step} adaptation step(s): {summary[key]:.4g} "
-                f"± {ci:.2g} (95% CI over {config.eval.num_tasks} held-out tasks)"
-            )
+            scores[str(step)] = (summary[key], ci)
+    if len(scores) > 1 and len(set(scores.values())) == 1:
+        # the same after every step (ProtoNets adapts once): one line
+        first, *_, last = scores
+        scores = {f"{first} to {last}": scores[first]}
+    for steps, (score, ci) in scores.items():
+        lines.append(
+            f"  {metric} after {steps} adaptation step(s): {score:.4g} "
+            f"± {ci:.2g} (95% CI over {config.eval.num_tasks} held-out tasks)"
+        )
     lines.append(
         f"  objective eval/{config.eval.objective} = {summary['objective']:.4g}"
     )

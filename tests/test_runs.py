@@ -13,7 +13,8 @@ from helpers import (
     without_timing,
 )
 
-from metalearn.experiment import run
+from metalearn.config import typed
+from metalearn.experiment import run, summary_lines
 from metalearn.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -164,3 +165,31 @@ def test_a_time_budget_ends_training_early_and_a_resume_honours_what_is_left(
     more = [f"outer.steps={done + 500}", "train.max_minutes=10"]
     assert train_main(f"resume={tmp_path}", *more) == 0
     assert read_json(tmp_path / "summary.json")["train/steps"] == done + 500
+
+
+@pytest.mark.parametrize(
+    "after_10, expected",
+    [
+        (
+            0.9,
+            [
+                "after 1 adaptation step(s): 0.8 ± 0.02",
+                "after 10 adaptation step(s): 0.9",
+            ],
+        ),
+        (0.8, ["after 1 to 10 adaptation step(s): 0.8 ± 0.02"]),  # ProtoNets: flat
+    ],
+)
+def test_the_summary_for_the_user_gives_scores_after_1_and_all_steps(
+    tmp_path, after_10, expected
+):
+    overrides = ["task=omniglot", "eval.steps=10", "eval.objective=acc@step10"]
+    config = typed(compose_config(overrides))
+    summary = {"train/steps": 5, "objective": after_10, "perf/steps_per_s": 2.0}
+    summary |= {"eval/acc@step1": 0.8, "eval/acc_ci95@step1": 0.02}
+    summary |= {"eval/acc@step10": after_10, "eval/acc_ci95@step10": 0.02}
+    lines = summary_lines(summary, config, tmp_path)
+    scores = [line for line in lines if "adaptation step" in line]
+    assert len(scores) == len(expected)
+    for line, start in zip(scores, expected, strict=True):
+        assert line.strip().startswith(f"acc {start}")
