@@ -229,7 +229,14 @@ def summary_lines(
         if key in summary:
             ci = summary.get(f"eval/{metric}_ci95@step{step}", float("nan"))
             scores[str(step)] = (summary[key], ci)
-    if len(scores) > 1 and len(set(scores.values())) == 1:
+    every_step = {
+        (
+            summary.get(f"eval/{metric}@step{i}"),
+            summary.get(f"eval/{metric}_ci95@step{i}"),
+        )
+        for i in range(1, config.eval.steps + 1)
+    }
+    if len(scores) > 1 and len(every_step) == 1:
         # the same after every step (ProtoNets adapts once): one line
         first, *_, last = scores
         scores = {f"{first} to {last}": scores[first]}

@@ -168,26 +168,21 @@ def test_a_time_budget_ends_training_early_and_a_resume_honours_what_is_left(
 
 
 @pytest.mark.parametrize(
-    "after_10, expected",
+    "curve, expected",
     [
-        (
-            0.9,
-            [
-                "after 1 adaptation step(s): 0.8 ± 0.02",
-                "after 10 adaptation step(s): 0.9",
-            ],
-        ),
-        (0.8, ["after 1 to 10 adaptation step(s): 0.8 ± 0.02"]),  # ProtoNets: flat
+        ([0.8] * 9 + [0.9], ["after 1 adaptation step(s): 0.8 ± 0.02", "after 10"]),
+        ([0.8] * 10, ["after 1 to 10 adaptation step(s): 0.8 ± 0.02"]),  # ProtoNets
+        ([0.8, 0.85] + [0.8] * 8, ["after 1 adaptation step(s)", "after 10"]),
     ],
 )
 def test_the_summary_for_the_user_gives_scores_after_1_and_all_steps(
-    tmp_path, after_10, expected
+    tmp_path, curve, expected
 ):
     overrides = ["task=omniglot", "eval.steps=10", "eval.objective=acc@step10"]
     config = typed(compose_config(overrides))
-    summary = {"train/steps": 5, "objective": after_10, "perf/steps_per_s": 2.0}
-    summary |= {"eval/acc@step1": 0.8, "eval/acc_ci95@step1": 0.02}
-    summary |= {"eval/acc@step10": after_10, "eval/acc_ci95@step10": 0.02}
+    summary = {"train/steps": 5, "objective": curve[-1], "perf/steps_per_s": 2.0}
+    for step, score in enumerate(curve, start=1):
+        summary |= {f"eval/acc@step{step}": score, f"eval/acc_ci95@step{step}": 0.02}
     lines = summary_lines(summary, config, tmp_path)
     scores = [line for line in lines if "adaptation step" in line]
     assert len(scores) == len(expected)
