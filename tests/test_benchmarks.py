@@ -91,3 +91,34 @@ def test_the_benchmark_scripts_run_and_report(script, flags):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["steps_per_s"] > 0 and report["compile_s"] > 0
     assert np.isfinite(report["final_meta_loss"])
+
+
+def test_the_memory_benchmark_fits_fixed_plus_per_task_memory():
+    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports throughput.py
+    memory = load_script(REPO / "benchmarks" / "omniglot_memory.py", "omniglot_memory")
+    fixed, per_task = memory.fit({size: 7 + 8.5 * size for size in (1, 16, 64, 256)})
+    assert fixed == pytest.approx(7) and per_task == pytest.approx(8.5)
+    # least squares through points off a line: the slope of (0, 0), (1, 1), (2, 3)
+    assert memory.fit({0: 0, 1: 1, 2: 3}) == pytest.approx((-1 / 6, 1.5))
+
+
+@pytest.mark.slow  # compiles the 20-way presets' evaluation chunks: ~1 min
+def test_the_memory_benchmarks_chunk_memory_grows_with_the_chunk(omniglot_root):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "omniglot_memory.py"),
+            "--chunk-memory",
+            "experiment=maml_paper_omniglot_20w1s",
+            f"data.root={omniglot_root}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    sizes = [report[str(size)] for size in (1, 16, 64, 256)]
+    assert sizes == sorted(sizes) and sizes[-1] > 10 * sizes[0]
+    assert report["default"] >= 1
