@@ -220,7 +220,6 @@ QUERY_X = np.array([[1.5, 1.2], [-1.2, 0.2], [0.4, -0.9], [0.0, 0.0]])
 QUERY_Y = np.array([0, 1, 2, 1])
 
 
-@pytest.mark.slow  # conv programs of its own: ~9 s cold
 def test_protonet_logits_are_negative_squared_distances_to_class_means():
     model = make_mlp((2,), 3, hidden_sizes=(4,), activation="tanh")
     protonet = make_protonet(model, BLOBS, inner_lr=0.1, inner_steps=1)
@@ -273,7 +272,6 @@ def test_protonet_meta_gradient_matches_finite_differences_in_float64():
             )
 
 
-@pytest.mark.slow  # a conv4 evaluation: ~10 s cold
 def test_protonet_evaluation_reports_the_prototype_score_at_every_step():
     model = make_mlp((2,), 3, hidden_sizes=(8,))
     protonet = make_protonet(model, BLOBS, inner_lr=0.1, inner_steps=1)

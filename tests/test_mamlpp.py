@@ -178,7 +178,6 @@ def test_the_full_mamlpp_meta_gradient_matches_finite_differences():
 # --- derivative-order annealing -------------------------------------------------
 
 
-@pytest.mark.slow  # both orders' programs in float64: ~11 s cold
 def test_derivative_order_annealing_switches_from_fomaml_to_maml_at_its_step():
     with jax.enable_x64(True):
         sinusoid = make_sinusoid().train
@@ -287,7 +286,6 @@ def test_evaluation_with_per_step_batch_norm_uses_each_steps_row():
 # --- non-transductive BatchNorm -------------------------------------------------
 
 
-@pytest.mark.slow  # conv4 programs in three modes: ~18 s cold
 def test_support_batch_norm_predicts_each_query_example_from_the_support_alone():
     tasks = jax.tree.map(lambda a: a[0].astype(jnp.float32), image_tasks(1))
     support, query = tasks.support_inputs, tasks.query_inputs
