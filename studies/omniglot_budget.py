@@ -19,12 +19,13 @@ the same seeds get their paired difference.
 import argparse
 import json
 import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
+
+from metalearn.report import mean_ci
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,16 +52,6 @@ RUNS = {
     # Prototypical Networks on the same episodes (issue #14's acceptance: >= 97%)
     "protonet5w1s": ["experiment=maml_paper_omniglot_5w1s", "algo=protonet"],
 }
-
-
-# Student's t 97.5% quantiles by degrees of freedom (95% intervals over a few
-# seeds); beyond 30 the normal's 1.96 is within 4%
-T_975 = {
-    1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31,
-    9: 2.26, 10: 2.23, 11: 2.20, 12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 16: 2.12,
-    17: 2.11, 18: 2.10, 19: 2.09, 20: 2.09, 21: 2.08, 22: 2.07, 23: 2.07, 24: 2.06,
-    25: 2.06, 26: 2.06, 27: 2.05, 28: 2.05, 29: 2.05, 30: 2.04,
-}  # fmt: skip
 
 
 def run_name(name: str, seed: int) -> str:
@@ -95,9 +86,7 @@ def paper_score(run_dir: Path) -> float:
 def mean_t_ci(values: list[float], signed: bool = False) -> str:
     """Mean ± the half-width of a 95% t-interval over `values`, and each value."""
     form = "+.1f" if signed else ".1f"
-    mean = statistics.fmean(values)
-    t = T_975.get(len(values) - 1, 1.96)
-    half = t * statistics.stdev(values) / len(values) ** 0.5
+    mean, half = mean_ci(values)
     each = ", ".join(f"{value:{form}}" for value in values)
     return f"{mean:{form}} ± {half:.1f} ({each})"
 
