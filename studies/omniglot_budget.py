@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
@@ -58,7 +59,7 @@ def run_name(name: str, seed: int) -> str:
     return name if seed == 0 else f"{name}_seed{seed}"
 
 
-def run(name: str, seed: int, runs_dir: Path, minutes: float) -> int:
+def train_run(name: str, seed: int, runs_dir: Path, minutes: float) -> int:
     command = [sys.executable, str(REPO / "train.py"), *RUNS[name], f"seed={seed}"]
     run_dir = runs_dir / run_name(name, seed)
     command += [f"train.max_minutes={minutes}", f"hydra.run.dir={run_dir}"]
@@ -66,21 +67,27 @@ def run(name: str, seed: int, runs_dir: Path, minutes: float) -> int:
     return subprocess.run(command, cwd=REPO).returncode
 
 
-def finished(runs_dir: Path) -> dict[str, dict[int, Path]]:
-    """The finished runs in `runs_dir`: {name in RUNS: {seed: run dir}}."""
-    found: dict[str, dict[int, Path]] = {}
+class BudgetRun(NamedTuple):
+    name: str  # its dir's name: <name in RUNS>[_seed<s>]
+    summary: dict
+    config: dict
+
+
+def finished(runs_dir: Path) -> dict[str, dict[int, BudgetRun]]:
+    """The finished runs in `runs_dir`, each read once: {name in RUNS: {seed: run}}."""
+    found: dict[str, dict[int, BudgetRun]] = {}
     for path in sorted(runs_dir.glob("*/summary.json")):
         match = re.fullmatch(r"(.+?)(?:_seed([1-9]\d*))?", path.parent.name)
         if match and match[1] in RUNS:
-            found.setdefault(match[1], {})[int(match[2] or 0)] = path.parent
+            config = json.loads((path.parent / "config.json").read_text())
+            run = BudgetRun(path.parent.name, json.loads(path.read_text()), config)
+            found.setdefault(match[1], {})[int(match[2] or 0)] = run
     return {name: dict(sorted(found[name].items())) for name in RUNS if name in found}
 
 
-def paper_score(run_dir: Path) -> float:
+def paper_score(run: BudgetRun) -> float:
     """Test accuracy (%) after the paper's test steps."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
-    return 100 * summary[f"eval/{config['eval']['objective']}"]
+    return 100 * run.summary[f"eval/{run.config['eval']['objective']}"]
 
 
 def mean_t_ci(values: list[float], signed: bool = False) -> str:
@@ -91,9 +98,8 @@ def mean_t_ci(values: list[float], signed: bool = False) -> str:
     return f"{mean:{form}} ± {half:.1f} ({each})"
 
 
-def row(name: str, run_dir: Path) -> str:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
+def row(run: BudgetRun) -> str:
+    summary, config = run.summary, run.config
 
     def acc(step: int | str) -> str:
         mean = 100 * summary[f"eval/acc@step{step}"]
@@ -105,7 +111,7 @@ def row(name: str, run_dir: Path) -> str:
         order = "none"  # no inner gradient steps
     steps = int(summary["train/steps"])
     return (
-        f"| {name} | {config['task']['ways']}w{config['inner']['k']}s | {order} "
+        f"| {run.name} | {config['task']['ways']}w{config['inner']['k']}s | {order} "
         f"| {config['task']['loss_scale']} | {config['inner']['lr']} "
         f"| {config['outer']['lr']} | {steps:,} "
         f"| {steps / summary['train/seconds']:.2f} | {acc(0)} "
@@ -121,11 +127,7 @@ def table(runs_dir: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     runs = finished(runs_dir)
-    lines += [
-        row(run_dir.name, run_dir)
-        for seeds in runs.values()
-        for run_dir in seeds.values()
-    ]
+    lines += [row(run) for seeds in runs.values() for run in seeds.values()]
     seeded = {name: seeds for name, seeds in runs.items() if len(seeds) > 1}
     if seeded:
         lines += [
@@ -135,11 +137,8 @@ def table(runs_dir: Path) -> str:
             "|---|---|---|---|",
         ]
         for name, seeds in seeded.items():
-            steps = [
-                int(json.loads((d / "summary.json").read_text())["train/steps"])
-                for d in seeds.values()
-            ]
-            scores = [paper_score(d) for d in seeds.values()]
+            steps = [int(run.summary["train/steps"]) for run in seeds.values()]
+            scores = [paper_score(run) for run in seeds.values()]
             lines.append(
                 f"| {name} | {', '.join(map(str, seeds))} "
                 f"| {min(steps):,}–{max(steps):,} | {mean_t_ci(scores)} |"
@@ -177,7 +176,7 @@ def main() -> int:
         for name, seed in tqdm(
             jobs, desc="omniglot budget runs", unit="run", disable=None
         ):
-            if run(name, seed, args.runs, args.minutes):
+            if train_run(name, seed, args.runs, args.minutes):
                 failed.append(run_name(name, seed))
     text = table(args.runs)
     (args.out / "omniglot_budget.md").write_text(text)
