@@ -19,6 +19,7 @@ import platform
 import sys
 from pathlib import Path
 
+from omniglot_speed import ours_on
 from throughput import jax_device, measure
 
 HERE = Path(__file__).resolve().parent
@@ -29,15 +30,6 @@ PRESETS = {
 }
 CHUNKS = (1, 16, 64, 256)
 EVAL_STEPS = 10
-
-
-def training(preset: str, order: str, remat: bool, steps: int, root) -> dict:
-    command = [sys.executable, str(HERE / "ours.py"), "--steps", str(steps)]
-    command += [f"experiment={preset}", "train.log_every=1"]
-    command += ["algo=fomaml" if order == "first" else "algo=maml"]
-    command += [f"algo.remat={str(remat).lower()}"]
-    command += [f"data.root={root}"] if root else []
-    return measure(command)
 
 
 def chunk_memory(overrides: list[str]) -> dict:
@@ -101,7 +93,7 @@ def main() -> None:
     for name, preset in PRESETS.items():
         for order in ("second", "first"):
             for remat in (False, True):
-                r = training(preset, order, remat, args.steps, root)
+                r = ours_on(preset, order, args.steps, remat, root, "train.log_every=1")
                 train_rows.append(
                     f"| {name} | {order} | {str(remat).lower()} | "
                     f"{r['program_mb']:.0f} | {r['peak_rss_mb']:.0f} | "

@@ -78,8 +78,15 @@ EVAL_STEPS = (3, 10)
 
 
 def ours(workload: Workload, order: str, steps: int, remat: bool, root) -> dict:
+    return ours_on(workload.experiment, order, steps, remat, root)
+
+
+def ours_on(
+    preset: str, order: str, steps: int, remat: bool, root, *overrides: str
+) -> dict:
+    """`benchmarks/ours.py` on `experiment=<preset>` in the given order, measured."""
     command = [sys.executable, str(HERE / "ours.py"), "--steps", str(steps)]
-    command += [f"experiment={workload.experiment}"]
+    command += [f"experiment={preset}", *overrides]
     command += ["algo=fomaml" if order == "first" else "algo=maml"]
     command += [f"algo.remat={str(remat).lower()}"]
     command += [f"data.root={root}"] if root else []
