@@ -98,21 +98,30 @@ def train_main(*argv: str) -> int:
     return 0
 
 
-def train_py(
-    *overrides: str, check: bool = True, timeout: float = 300, env=None
+def python_script(
+    script: str | Path, *args: str, check: bool = True, timeout: float = 300, env=None
 ) -> subprocess.CompletedProcess:
-    """`python train.py *overrides` in a fresh interpreter (end-to-end tests)."""
+    """`python <script> *args` from the repo root in a fresh interpreter; with
+    `check`, fails the test (showing stderr's tail) unless it exits 0."""
     result = subprocess.run(
-        [sys.executable, "train.py", *overrides],
+        [sys.executable, str(script), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "HYDRA_FULL_ERROR": ""} if env is None else env,
+        env=env,
     )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def train_py(
+    *overrides: str, check: bool = True, timeout: float = 300, env=None
+) -> subprocess.CompletedProcess:
+    """`python train.py *overrides` in a fresh interpreter (end-to-end tests)."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": ""} if env is None else env
+    return python_script("train.py", *overrides, check=check, timeout=timeout, env=env)
 
 
 # --- run dirs -------------------------------------------------------------------

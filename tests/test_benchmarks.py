@@ -1,14 +1,13 @@
 """The benchmark's reference loop computes metalearn's maths, and its scripts run."""
 
 import json
-import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, load_script
+from helpers import REPO, load_script, python_script
 
 from metalearn.algorithms import make_maml
 from metalearn.models import make_mlp
@@ -80,14 +79,7 @@ def test_the_tutorial_sampler_and_the_vectorised_one_draw_alike_tasks(reference)
     ],
 )
 def test_the_benchmark_scripts_run_and_report(script, flags):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *flags],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = python_script(REPO / "benchmarks" / script, *flags)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["steps_per_s"] > 0 and report["compile_s"] > 0
     assert np.isfinite(report["final_meta_loss"])
@@ -104,20 +96,13 @@ def test_the_memory_benchmark_fits_fixed_plus_per_task_memory():
 
 @pytest.mark.slow  # compiles the 20-way presets' evaluation chunks: ~1 min
 def test_the_memory_benchmarks_chunk_memory_grows_with_the_chunk(omniglot_root):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "omniglot_memory.py"),
-            "--chunk-memory",
-            "experiment=maml_paper_omniglot_20w1s",
-            f"data.root={omniglot_root}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = python_script(
+        REPO / "benchmarks" / "omniglot_memory.py",
+        "--chunk-memory",
+        "experiment=maml_paper_omniglot_20w1s",
+        f"data.root={omniglot_root}",
         timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     sizes = [report[str(size)] for size in (1, 16, 64, 256)]
     assert sizes == sorted(sizes) and sizes[-1] > 10 * sizes[0]

@@ -2,13 +2,12 @@
 figures, the results table, figures logged to W&B."""
 
 import json
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from helpers import QUICK, REPO, STUDIES, compose_config, read_runs
+from helpers import QUICK, REPO, STUDIES, compose_config, python_script, read_runs
 
 from metalearn.build import make_evaluation
 from metalearn.experiment import run
@@ -98,15 +97,11 @@ def test_a_run_without_wandb_has_nothing_to_attach_to(paper_run, tmp_path):
 
 @pytest.mark.slow
 def test_paper_script_runs_the_maml_study_and_writes_figures_and_table(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "studies/paper.py", "maml", "--out", str(tmp_path / "fig")]
-        + ["--sweep-dir", str(tmp_path / "sweep"), *QUICK, "logger=none"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = python_script(
+        "studies/paper.py", "maml", "--out", str(tmp_path / "fig"),
+        "--sweep-dir", str(tmp_path / "sweep"), *QUICK, "logger=none",
         timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    )  # fmt: skip
     for name in (
         "maml_fig2_fits.png",
         "maml_fig3_mse_vs_steps.png",
@@ -216,27 +211,20 @@ def test_the_omniglot_comparison_runs_and_tabulates(tmp_path, omniglot_root):
     tiny = ["task.image_size=14", "model.filters=8", "outer.steps=4"]
     tiny += ["train.log_every=2", "eval.num_tasks=6", "eval.steps=2", "logger=none"]
     tiny += ["eval.objective=acc@step2", "eval.figures=false", "train.max_minutes=null"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(STUDIES / "paper.py"),
-            "compare_omniglot",
-            "--sweep-dir",
-            str(tmp_path / "sweep"),
-            "--out",
-            str(tmp_path / "figures"),
-            "experiment=maml_paper_omniglot_5w1s",
-            "variant=maml,mamlpp,protonet",
-            "seed=0,1",
-            f"data.root={omniglot_root}",
-            *tiny,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    python_script(
+        STUDIES / "paper.py",
+        "compare_omniglot",
+        "--sweep-dir",
+        str(tmp_path / "sweep"),
+        "--out",
+        str(tmp_path / "figures"),
+        "experiment=maml_paper_omniglot_5w1s",
+        "variant=maml,mamlpp,protonet",
+        "seed=0,1",
+        f"data.root={omniglot_root}",
+        *tiny,
         timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "figures" / "omniglot_compare_table1.md").read_text()
     rows = table.splitlines()[2:]
     methods = [row.split(" | ")[1] for row in rows]
