@@ -238,11 +238,15 @@ Line = (
 )  # (x, y) or (x, y, CI half-width)
 
 
+MARKED_POINTS = 12  # lines with at most this many points get a marker per point
+
+
 def draw_lines(ax, lines: dict[str, Line]) -> None:
     """One line per label, with a CI band where one is given."""
     for label, line in lines.items():
         xs, ys = line[0], line[1]
-        (drawn,) = ax.plot(xs, ys, label=label)
+        marker = "o" if len(xs) <= MARKED_POINTS else None  # a 1-point line shows
+        (drawn,) = ax.plot(xs, ys, label=label, marker=marker, markersize=3)
         if len(line) == 3:
             low = [y - c for y, c in zip(ys, line[2], strict=True)]
             high = [y + c for y, c in zip(ys, line[2], strict=True)]
@@ -264,6 +268,25 @@ def plot_lines(
     ax = fig.subplots()
     draw_lines(ax, lines)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, yscale="log" if log else "linear")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def plot_panels(
+    panels: dict[str, dict[str, Line]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> None:
+    """Panels side by side (panel title -> labelled lines) saved as one PNG."""
+    fig = Figure(figsize=(5.5 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, (name, lines) in zip(axes[0], panels.items(), strict=True):
+        draw_lines(ax, lines)
+        ax.set(title=name, xlabel=xlabel, ylabel=ylabel)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 

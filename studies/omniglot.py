@@ -4,13 +4,15 @@ Omniglot first-order MAML is as the Reptile paper reports it (the MAML paper giv
 first order only for miniImageNet), and Prototypical Networks as Snell et al. do,
 for `algo=protonet` runs in the sweep dir."""
 
+import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from runs import Run, attach_everywhere, load_run
 
-from metalearn.report import Line, find_jobs, plot_lines
+from metalearn.report import Line, find_jobs, mean_ci, plot_lines, plot_panels
 
 # Accuracy (%), ± 95% CI: MAML paper Table 1; Omniglot's first-order MAML from the
 # Reptile paper's Table 2 (the MAML paper gives first order only for miniImageNet).
@@ -159,16 +161,83 @@ def mini_imagenet_figures(sweep_dir: Path, out: Path) -> str:
     return table1_figures(sweep_dir, out, "mini_imagenet")
 
 
+# Methods whose `train/acc` is the query accuracy of meta-training episodes (SGD's
+# is the untrained network's; the pretrained baseline's, many-way supervised accuracy).
+EPISODIC = ("maml", "fomaml", "mamlpp", "metasgd", "anil", "reptile", "protonet")
+
+
 def comparison_figures(sweep_dir: Path, out: Path) -> str:
-    return table1_figures(sweep_dir, out, "omniglot", "omniglot_compare")
+    """The comparison study: the table (omniglot_compare_table1.md) and, one panel
+    per setting and one line per method (mean over seeds, 95% CI band over seeds),
+    test accuracy vs adaptation steps (omniglot_compare_acc_vs_steps.png) and the
+    training episodes' query accuracy vs meta-step
+    (omniglot_compare_learning_curve.png)."""
+    runs = finished_runs(sweep_dir)
+    if not runs:
+        raise SystemExit(f"no finished runs in {sweep_dir}")
+    figures = {
+        "learning_curve": out / "omniglot_compare_learning_curve.png",
+        "acc_vs_steps": out / "omniglot_compare_acc_vs_steps.png",
+    }
+    plot_panels(
+        setting_panels(runs, adaptation_points, METHODS), figures["acc_vs_steps"],
+        xlabel="adaptation steps", ylabel="test accuracy (%), 600 tasks",
+        title="Accuracy vs adaptation steps (mean over seeds)",
+    )  # fmt: skip
+    plot_panels(
+        setting_panels(runs, training_points, EPISODIC), figures["learning_curve"],
+        xlabel="meta-step", ylabel="training query accuracy (%)",
+        title="Meta-training episodes' query accuracy (mean over seeds)",
+    )  # fmt: skip
+    attach_everywhere(
+        {str(i): r for i, r in enumerate(sum(runs.values(), []))}, figures
+    )
+    text = results_table(runs, "omniglot") + "\n"
+    (out / "omniglot_compare_table1.md").write_text(text)
+    return text
 
 
-def table1_figures(
-    sweep_dir: Path, out: Path, dataset: str, prefix: str | None = None
-) -> str:
-    """The table (written as <prefix>_table1.md) and the two figures
-    (<prefix>_learning_curve.png, <prefix>_acc_vs_steps.png; prefix: the dataset)."""
-    prefix = prefix or dataset
+def setting_panels(
+    runs: dict[tuple[str, str], list[Run]],
+    points_of: Callable[[Run], dict[int, float]],
+    methods: Iterable[str],
+) -> dict[str, dict[str, Line]]:
+    """Per setting (in SETTINGS order), per method: the seed mean of `points_of`."""
+    settings = [s for s in SETTINGS if any(setting == s for _, setting in runs)]
+    return {
+        f"Omniglot {setting}": {
+            METHODS[method]: seed_mean([points_of(run) for run in runs[key]])
+            for method in methods
+            if (key := (method, setting)) in runs
+        }
+        for setting in settings
+    }
+
+
+def adaptation_points(run: Run) -> dict[int, float]:
+    """Test accuracy (%) after each adaptation step."""
+    count = run.config.eval.steps + 1
+    return {i: 100 * run.summary[f"eval/acc@step{i}"] for i in range(count)}
+
+
+def training_points(run: Run) -> dict[int, float]:
+    """Training accuracy (%) at each logged meta-step."""
+    return {r["step"]: 100 * r["train/acc"] for r in run.history if "train/acc" in r}
+
+
+def seed_mean(points: list[dict[int, float]]) -> Line:
+    """Mean over seeds at each x any seed reached, with the 95% CI over the seeds
+    that reached it (0 where only one did)."""
+    xs = sorted({x for p in points for x in p})
+    stats = [mean_ci([p[x] for p in points if x in p]) for x in xs]
+    cis = [0.0 if math.isnan(ci) else ci for _, ci in stats]
+    return xs, [m for m, _ in stats], cis
+
+
+def table1_figures(sweep_dir: Path, out: Path, dataset: str) -> str:
+    """The table (written as <dataset>_table1.md) and the two figures
+    (<dataset>_learning_curve.png, <dataset>_acc_vs_steps.png)."""
+    prefix = dataset
     runs = finished_runs(sweep_dir)
     if not runs:
         raise SystemExit(f"no finished runs in {sweep_dir}")

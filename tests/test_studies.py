@@ -231,4 +231,42 @@ def test_the_omniglot_comparison_runs_and_tabulates(tmp_path, omniglot_root):
     assert methods == ["MAML", "MAML++", "Prototypical Networks"]
     assert all("| 4 |" in row and row.endswith("| 2 |") for row in rows)
     assert "| 99.47 |" in rows[1] and "| 98.8 |" in rows[2]  # the papers' numbers
-    assert (tmp_path / "figures" / "omniglot_compare_acc_vs_steps.png").is_file()
+    for figure in ("acc_vs_steps", "learning_curve"):
+        assert (tmp_path / "figures" / f"omniglot_compare_{figure}.png").is_file()
+
+
+def test_comparison_panels_average_seeds_per_setting():
+    import omniglot
+
+    def with_history(run, accs):
+        rows = [{"step": 100 * (i + 1), "train/acc": a} for i, a in enumerate(accs)]
+        return run._replace(history=rows)
+
+    grouped = {
+        ("maml", "20w1s"): [
+            with_history(table1_run(20, 1, False, 0.5, 0), [0.1, 0.3]),
+            with_history(table1_run(20, 1, False, 0.7, 1), [0.2]),
+        ],
+        ("sgd", "5w1s"): [with_history(table1_run(5, 1, False, 0.4, 0), [0.2])],
+    }
+    adaptation = omniglot.setting_panels(
+        grouped, omniglot.adaptation_points, omniglot.METHODS
+    )
+    assert list(adaptation) == ["Omniglot 5w1s", "Omniglot 20w1s"]
+    xs, means, cis = adaptation["Omniglot 20w1s"]["MAML"]
+    assert xs == list(range(11)) and means == pytest.approx([60.0] * 11)
+    # two seeds, 50 and 70: t(1 dof) 12.706 * sd 14.14 / sqrt(2) = 127.06
+    assert cis == pytest.approx([127.06] * 11, abs=0.01)
+    assert adaptation["Omniglot 5w1s"]["SGD from scratch"][1] == pytest.approx(
+        [40.0] * 11
+    )
+    training = omniglot.setting_panels(
+        grouped, omniglot.training_points, omniglot.EPISODIC
+    )
+    assert training["Omniglot 5w1s"] == {}  # SGD's training accuracy is not drawn
+    # step 200 only seed 0 reached: its value, no band
+    assert training["Omniglot 20w1s"]["MAML"] == (
+        [100, 200],
+        pytest.approx([15.0, 30.0]),
+        [pytest.approx(63.53, abs=0.01), 0.0],
+    )
