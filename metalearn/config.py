@@ -201,8 +201,8 @@ class TrainConfig:
     max_minutes: float | None = setting(
         None,
         "end training after this many minutes of training (compilation and "
-        "evaluation not counted), then evaluate and save as at a normal end "
-        "(null: no limit)",
+        "evaluation not counted; kept to about one meta-step), then evaluate and "
+        "save as at a normal end (null: no limit)",
         optional(positive),
     )
     compile_cache: str | None = setting(

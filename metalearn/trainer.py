@@ -8,6 +8,7 @@ and a step's tasks depend only on the run key and the step number, not on how st
 are windowed. The host reads metrics once per window.
 """
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
@@ -248,8 +249,11 @@ def fit(
     `schedule.checkpoint_every` steps and evaluates every `schedule.eval_every`
     steps, both also at the end, the checkpoint first (an evaluation that fails
     loses no training). With a `time_limit` (seconds of training, not counting
-    compilation and evaluation), training ends early at the first window boundary
-    past it, then checkpoints and evaluates as at a normal end.
+    compilation and evaluation), training ends early once it is spent, then
+    checkpoints and evaluates as at a normal end: the first window is one
+    meta-step, which measures the speed, and each window after it is cut short
+    where that speed says the budget runs out (`budget_window_end`), so a run
+    overshoots its budget by about one meta-step, not by a whole window.
 
     Raises `NonFiniteError` on a non-finite meta-loss or meta-parameter (nothing
     non-finite is checkpointed), and `Preempted` after checkpointing when
@@ -269,6 +273,9 @@ def fit(
     done, train_seconds, saved = start, 0.0, start if start else None
     while done < schedule.num_steps:
         end = schedule.next_end(done)
+        if time_limit is not None:
+            rate = (done - start) / train_seconds if done > start else None
+            end = budget_window_end(done, end, time_limit - train_seconds, rate)
         window_start = time.perf_counter()
         state, metrics = compiled(state, data, jnp.int32(end - done))
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -301,6 +308,17 @@ def fit(
             break
     summary["perf/steps_per_s"] = (done - start) / train_seconds
     return FitResult(state, summary, train_seconds)
+
+
+def budget_window_end(
+    done: int, end: int, seconds_left: float, steps_per_s: float | None
+) -> int:
+    """Where a window from step `done`, due to end at `end`, ends under a time
+    budget: after one step while the speed is unknown (`steps_per_s` None), else
+    after the steps that speed fits in `seconds_left` (rounded up, at least 1)."""
+    if steps_per_s is None:
+        return min(end, done + 1)
+    return min(end, done + max(1, math.ceil(seconds_left * steps_per_s)))
 
 
 def _non_finite_message(

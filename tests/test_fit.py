@@ -1,6 +1,8 @@
 """`fit`: the host loop around the compiled windows: when it logs, checkpoints and
 evaluates, and how it stops (NaN guard, stop requests, time limit)."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -15,6 +17,7 @@ from metalearn.trainer import (
     NonFiniteError,
     Preempted,
     Schedule,
+    budget_window_end,
     fit,
     init_train_state,
 )
@@ -109,11 +112,49 @@ def test_a_stop_during_evaluation_checkpoints_then_raises_preempted():
     assert events == [("log", 5), ("save", 10), ("log", 10)]
 
 
-def test_a_time_limit_ends_training_at_a_window_boundary_as_at_the_end():
+def test_a_time_limit_ends_training_as_at_the_end():
     events = []
     result = run_fit(Schedule(100, 5, 50), events=events, time_limit=1e-9)
-    assert events == [("save", 5), ("eval", 5), ("log", 5)]
-    assert int(result.state.step) == 5
+    # the first window under a budget is one meta-step: it measures the speed
+    assert events == [("save", 1), ("eval", 1), ("log", 1)]
+    assert int(result.state.step) == 1
+
+
+class SlowWindow(FakeWindow):
+    """A window whose every meta-step takes `seconds` of wall time."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, state, data, num_steps):
+        time.sleep(self.seconds * int(num_steps))
+        return super().__call__(state, data, num_steps)
+
+
+def test_a_time_limit_cuts_the_window_that_would_overshoot_it():
+    window = SlowWindow(0.01)
+    result = run_fit(Schedule(1000, 100), window, time_limit=0.1)
+    # one step measures the speed, then about the 9 steps that fit in what is left,
+    # not the whole 100-step window
+    assert window.calls[0] == 1 and sum(window.calls) < 30
+    assert result.train_seconds >= 0.1
+    assert int(result.state.step) == sum(window.calls)
+
+
+@pytest.mark.parametrize(
+    "done, end, seconds_left, rate, expected",
+    [
+        (0, 100, 30.0, None, 1),  # speed unknown: one step
+        (1, 100, 30.0, 1.0, 31),  # 30 s at 1 step/s
+        (1, 100, 30.0, 10.0, 100),  # the window ends first
+        (40, 100, 0.01, 1.0, 41),  # always at least one step
+        (40, 100, 2.5, 2.0, 45),  # 5 steps fit
+        (40, 100, 2.6, 2.0, 46),  # 5.2 steps: rounded up
+    ],
+)
+def test_budget_window_end(done, end, seconds_left, rate, expected):
+    assert budget_window_end(done, end, seconds_left, rate) == expected
 
 
 def test_a_finished_run_is_only_scored_again():
