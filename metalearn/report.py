@@ -124,7 +124,7 @@ def group_jobs(jobs: Sequence[Job], over: Sequence[str] = ("seed",)) -> list[Gro
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% CI (Student t; 0 for a single value)."""
+    """Mean and the half-width of its 95% CI (Student t; NaN for a single value)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, float("nan")
@@ -329,18 +329,33 @@ def meta_loss_lines(groups: Sequence[Group], title: str) -> dict:
     """Per group: the training meta-loss vs meta-step, mean over jobs."""
     lines = {}
     for group in groups:
-        by_step: dict[int, list[float]] = {}
-        for job in group.jobs:
-            for row in job.history:
-                if "train/meta_loss" in row:
-                    by_step.setdefault(row["step"], []).append(row["train/meta_loss"])
-        if by_step:
-            steps = sorted(by_step)
-            lines[_name(group, title)] = (
-                steps,
-                [statistics.fmean(by_step[s]) for s in steps],
-            )
+        curves = [
+            {row["step"]: row["train/meta_loss"] for row in job.history
+             if "train/meta_loss" in row}
+            for job in group.jobs
+        ]  # fmt: skip
+        curves = [curve for curve in curves if curve]
+        if curves:
+            lines[_name(group, title)] = seed_mean(curves)
     return lines
+
+
+def seed_mean(curves: Sequence[dict[int, float]]) -> Line:
+    """The mean of several runs' curves (step -> value), with its 95% CI band (0
+    for one run): at every step all of them logged, then one last point, at the
+    mean of their last steps, for their last values. Runs stopped by a time
+    budget log their last window at different steps; a point per step any one
+    reached would zigzag between single runs."""
+    common = sorted(set.intersection(*(set(curve) for curve in curves)))
+    columns = [[curve[step] for curve in curves] for step in common]
+    xs: list[float] = list(common)
+    lasts = [max(curve) for curve in curves]
+    if not common or max(lasts) > common[-1]:
+        xs.append(statistics.fmean(lasts))
+        columns.append([curve[last] for curve, last in zip(curves, lasts, strict=True)])
+    stats = [mean_ci(column) for column in columns]
+    cis = [0.0 if math.isnan(ci) else ci for _, ci in stats]
+    return xs, [mean for mean, _ in stats], cis
 
 
 def plot_meta_loss(groups: Sequence[Group], path: Path) -> None:

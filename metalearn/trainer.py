@@ -252,8 +252,8 @@ def fit(
     compilation and evaluation), training ends early once it is spent, then
     checkpoints and evaluates as at a normal end: the first window is one
     meta-step, which measures the speed, and each window after it is cut short
-    where that speed says the budget runs out (`budget_window_end`), so a run
-    overshoots its budget by about one meta-step, not by a whole window.
+    where the last window's speed says the budget runs out (`budget_window_end`),
+    so a run overshoots its budget by about a meta-step, not by a whole window.
 
     Raises `NonFiniteError` on a non-finite meta-loss or meta-parameter (nothing
     non-finite is checkpointed), and `Preempted` after checkpointing when
@@ -271,10 +271,10 @@ def fit(
     summary: dict[str, Any] = {"perf/compile_s": time.perf_counter() - compile_start}
     check(compiled)
     done, train_seconds, saved = start, 0.0, start if start else None
+    rate: float | None = None  # the last window's meta-steps per second
     while done < schedule.num_steps:
         end = schedule.next_end(done)
         if time_limit is not None:
-            rate = (done - start) / train_seconds if done > start else None
             end = budget_window_end(done, end, time_limit - train_seconds, rate)
         window_start = time.perf_counter()
         state, metrics = compiled(state, data, jnp.int32(end - done))
@@ -282,7 +282,8 @@ def fit(
         seconds = time.perf_counter() - window_start
         if not metrics.pop("finite"):
             raise NonFiniteError(_non_finite_message(done, end, metrics, saved))
-        metrics["perf/steps_per_s"] = (end - done) / seconds
+        rate = (end - done) / max(seconds, 1e-9)  # a coarse clock may read 0
+        metrics["perf/steps_per_s"] = rate
         train_seconds, done = train_seconds + seconds, end
         out_of_time = time_limit is not None and train_seconds >= time_limit
         last, stop = out_of_time or done == schedule.num_steps, should_stop()
@@ -306,7 +307,7 @@ def fit(
         summary.update(metrics)
         if out_of_time:
             break
-    summary["perf/steps_per_s"] = (done - start) / train_seconds
+    summary["perf/steps_per_s"] = (done - start) / max(train_seconds, 1e-9)
     return FitResult(state, summary, train_seconds)
 
 

@@ -4,7 +4,6 @@ Omniglot first-order MAML is as the Reptile paper reports it (the MAML paper giv
 first order only for miniImageNet), and Prototypical Networks as Snell et al. do,
 for `algo=protonet` runs in the sweep dir."""
 
-import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from runs import Run, attach_everywhere, load_run
 
-from metalearn.report import Line, find_jobs, mean_ci, plot_lines, plot_panels
+from metalearn.report import Line, find_jobs, plot_lines, plot_panels, seed_mean
 
 # Accuracy (%), ± 95% CI: MAML paper Table 1; Omniglot's first-order MAML from the
 # Reptile paper's Table 2 (the MAML paper gives first order only for miniImageNet).
@@ -181,7 +180,7 @@ def comparison_figures(sweep_dir: Path, out: Path) -> str:
     }
     plot_panels(
         setting_panels(runs, adaptation_points, METHODS), figures["acc_vs_steps"],
-        xlabel="adaptation steps", ylabel="test accuracy (%), 600 tasks",
+        xlabel="adaptation steps", ylabel="test accuracy (%)",
         title="Accuracy vs adaptation steps (mean over seeds)",
     )  # fmt: skip
     plot_panels(
@@ -202,7 +201,8 @@ def setting_panels(
     points_of: Callable[[Run], dict[int, float]],
     methods: Iterable[str],
 ) -> dict[str, dict[str, Line]]:
-    """Per setting (in SETTINGS order), per method: the seed mean of `points_of`."""
+    """Per setting (in SETTINGS order), per method: the seed mean of `points_of`
+    (`metalearn.report.seed_mean`)."""
     settings = [s for s in SETTINGS if any(setting == s for _, setting in runs)]
     return {
         f"Omniglot {setting}": {
@@ -225,26 +225,16 @@ def training_points(run: Run) -> dict[int, float]:
     return {r["step"]: 100 * r["train/acc"] for r in run.history if "train/acc" in r}
 
 
-def seed_mean(points: list[dict[int, float]]) -> Line:
-    """Mean over seeds at each x any seed reached, with the 95% CI over the seeds
-    that reached it (0 where only one did)."""
-    xs = sorted({x for p in points for x in p})
-    stats = [mean_ci([p[x] for p in points if x in p]) for x in xs]
-    cis = [0.0 if math.isnan(ci) else ci for _, ci in stats]
-    return xs, [m for m, _ in stats], cis
-
-
 def table1_figures(sweep_dir: Path, out: Path, dataset: str) -> str:
     """The table (written as <dataset>_table1.md) and the two figures
     (<dataset>_learning_curve.png, <dataset>_acc_vs_steps.png)."""
-    prefix = dataset
     runs = finished_runs(sweep_dir)
     if not runs:
         raise SystemExit(f"no finished runs in {sweep_dir}")
     name = TITLES[dataset]
     figures = {
-        "learning_curve": out / f"{prefix}_learning_curve.png",
-        "acc_vs_steps": out / f"{prefix}_acc_vs_steps.png",
+        "learning_curve": out / f"{dataset}_learning_curve.png",
+        "acc_vs_steps": out / f"{dataset}_acc_vs_steps.png",
     }
     plot_lines(
         curve_lines(runs, learning_curve), figures["learning_curve"],
@@ -260,5 +250,5 @@ def table1_figures(sweep_dir: Path, out: Path, dataset: str) -> str:
         {str(i): r for i, r in enumerate(sum(runs.values(), []))}, figures
     )
     text = results_table(runs, dataset) + "\n"
-    (out / f"{prefix}_table1.md").write_text(text)
+    (out / f"{dataset}_table1.md").write_text(text)
     return text

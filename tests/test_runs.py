@@ -156,6 +156,7 @@ def test_a_time_budget_ends_training_early_and_a_resume_honours_what_is_left(
     assert train_main(*budget, f"hydra.run.dir={tmp_path}") == 0
     summary = read_json(tmp_path / "summary.json")
     done = summary["train/steps"]
+    # where the budget cuts a window: tests/test_fit.py (here it depends on timing)
     assert 1 <= done < 1000000 and summary["train/seconds"] >= 0.12
     assert "eval/mse@step10" in summary  # evaluated as at a normal end
     assert read_json(tmp_path / "status.json")["state"] == "finished"

@@ -161,6 +161,26 @@ def test_ci_uses_a_t_quantile_no_smaller_than_the_true_one():
     assert ci >= 2.201 * statistics.stdev(values) / math.sqrt(12)
 
 
+@pytest.mark.parametrize(
+    "curves, expected",
+    [
+        # same steps: their means, a t band (values 1 and 3: 12.706 * 1.414 / 1.414)
+        ([{1: 1.0, 2: 2.0}, {1: 3.0, 2: 2.0}], ([1, 2], [2.0, 2.0], [12.706, 0.0])),
+        # budget-stopped at 7 and 9: steps both logged, then their last values at 8
+        (
+            [{1: 1.0, 7: 5.0}, {1: 1.0, 5: 2.0, 9: 3.0}],
+            ([1, 8], [1.0, 4.0], [0.0, 12.706]),
+        ),
+        ([{3: 2.0, 5: 4.0}], ([3, 5], [2.0, 4.0], [0.0, 0.0])),  # one run: no band
+        ([{3: 2.0}, {4: 6.0}], ([3.5], [4.0], [25.412])),  # no common step
+    ],
+)
+def test_seed_mean_averages_runs_at_shared_steps_then_at_their_ends(curves, expected):
+    xs, means, cis = report.seed_mean(curves)
+    assert xs == pytest.approx(expected[0]) and means == pytest.approx(expected[1])
+    assert cis == pytest.approx(expected[2], abs=1e-3)
+
+
 def test_report_refuses_a_dir_without_jobs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report.main([str(tmp_path)])
