@@ -5,7 +5,7 @@
     python studies/paper.py maml --sweep-dir multirun/paper_maml/<date>/<time>  # redraw
     python studies/paper.py omniglot --budget-minutes 15   # Table 1, 15 min per run
     python studies/paper.py mini_imagenet                 # Table 1's miniImageNet rows
-    python studies/paper.py compare_omniglot              # every algorithm, ~2 h of CPU
+    python studies/paper.py compare_omniglot              # every algorithm, ~1 h of CPU
 
 Each study is a sweep (`conf/sweep/paper_<study>.yaml`, a Hydra multirun whose jobs
 are W&B runs) plus its figure code (`studies/<family>.py`). Extra arguments are
