@@ -278,17 +278,24 @@ def plot_panels(
     xlabel: str,
     ylabel: str,
     title: str = "",
+    yscale: str = "linear",
 ) -> None:
     """Panels side by side (panel title -> labelled lines) saved as one PNG."""
-    fig = Figure(figsize=(5.5 * len(panels), 4.5))
+    fig = Figure(figsize=(6 * len(panels), 4.5))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, lines) in zip(axes[0], panels.items(), strict=True):
         draw_lines(ax, lines)
-        ax.set(title=name, xlabel=xlabel, ylabel=ylabel)
+        ax.set(title=name, xlabel=xlabel, ylabel=ylabel, yscale=yscale)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=100)
+
+
+def _means_and_bands(columns: Sequence[Sequence[float]]):
+    """Each column's mean and 95% CI half-width (0 for a column of one value)."""
+    stats = [mean_ci(column) for column in columns]
+    return [m for m, _ in stats], [0.0 if math.isnan(ci) else ci for _, ci in stats]
 
 
 def adaptation_lines(groups: Sequence[Group], metric: str, title: str) -> dict:
@@ -300,23 +307,18 @@ def adaptation_lines(groups: Sequence[Group], metric: str, title: str) -> dict:
         if not curves:
             continue
         length = min(len(c) for c in curves)
-        stats = [mean_ci([c[i] for c in curves]) for i in range(length)]
-        cis = [0.0 if math.isnan(ci) else ci for _, ci in stats]
-        lines[_name(group, title)] = (range(length), [m for m, _ in stats], cis)
+        means, cis = _means_and_bands([[c[i] for c in curves] for i in range(length)])
+        lines[_name(group, title)] = (range(length), means, cis)
     return lines
 
 
 def plot_adaptation(groups: Sequence[Group], metric: str, path: Path) -> None:
-    panels = _panels(groups)
-    fig = Figure(figsize=(6 * len(panels), 4.5))
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    for ax, (title, members) in zip(axes[0], panels.items(), strict=True):
-        draw_lines(ax, adaptation_lines(members, metric, title))
-        scale = "log" if _goal(metric) == "min" else "linear"
-        ax.set(title=title, xlabel="adaptation steps", ylabel=f"query {metric}")
-        ax.set_yscale(scale)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    panels = {
+        title: adaptation_lines(members, metric, title)
+        for title, members in _panels(groups).items()
+    }
+    scale = "log" if _goal(metric) == "min" else "linear"
+    plot_panels(panels, path, "adaptation steps", f"query {metric}", yscale=scale)
 
 
 def _curve(summary: dict[str, Any], metric: str) -> list[float]:
@@ -353,20 +355,16 @@ def seed_mean(curves: Sequence[dict[int, float]]) -> Line:
     if not common or max(lasts) > common[-1]:
         xs.append(statistics.fmean(lasts))
         columns.append([curve[last] for curve, last in zip(curves, lasts, strict=True)])
-    stats = [mean_ci(column) for column in columns]
-    cis = [0.0 if math.isnan(ci) else ci for _, ci in stats]
-    return xs, [mean for mean, _ in stats], cis
+    means, cis = _means_and_bands(columns)
+    return xs, means, cis
 
 
 def plot_meta_loss(groups: Sequence[Group], path: Path) -> None:
-    panels = _panels(groups)
-    fig = Figure(figsize=(6 * len(panels), 4.5))
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    for ax, (title, members) in zip(axes[0], panels.items(), strict=True):
-        draw_lines(ax, meta_loss_lines(members, title))
-        ax.set(title=title, xlabel="meta-step", ylabel="meta-loss", yscale="log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    panels = {
+        title: meta_loss_lines(members, title)
+        for title, members in _panels(groups).items()
+    }
+    plot_panels(panels, path, "meta-step", "meta-loss", yscale="log")
 
 
 def write_report(sweep_dir: Path, over: Sequence[str] = ("seed",)) -> list[Group]:
