@@ -265,11 +265,13 @@ def time_ours_eval(overrides: list[str]) -> dict:
 
     from metalearn.build import build, eval_tasks_per_batch, make_evaluation
     from metalearn.config import register_configs, typed
+    from metalearn.runtime import use_cpu_devices
     from metalearn.trainer import init_train_state
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         config = typed(compose("config", overrides=[*overrides, "logger=none"]))
+    use_cpu_devices(config.train.cpu_devices)
     parts = build(config)
     state = init_train_state(parts.algorithm, parts.optimizer, jax.random.key(0))
     evaluate = make_evaluation(config, parts, jax.random.key(1))

@@ -22,7 +22,12 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from metalearn.build import build, make_training_window  # noqa: E402
 from metalearn.config import register_configs, typed  # noqa: E402
-from metalearn.runtime import program_bytes, replicate, task_mesh  # noqa: E402
+from metalearn.runtime import (  # noqa: E402
+    program_bytes,
+    replicate,
+    task_mesh,
+    use_cpu_devices,
+)
 from metalearn.trainer import init_train_state  # noqa: E402
 
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
@@ -36,6 +41,7 @@ def main():
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         config = typed(compose("config", overrides=[*args.overrides, "logger=none"]))
+    use_cpu_devices(config.train.cpu_devices)
     parts = build(config)
     mesh = task_mesh(config.train.devices, config.outer.batch)
     window = make_training_window(config, parts, mesh)
@@ -65,6 +71,7 @@ def main():
                 "program_temp_mb": memory.temp_size_in_bytes / 2**20,
                 "program_mb": program_bytes(compiled) / 2**20,
                 "final_meta_loss": float(metrics["train/meta_loss"]),
+                "devices": 1 if mesh is None else int(mesh.devices.size),
             }
         )
     )

@@ -179,6 +179,7 @@ def make_training_window(
         num_support=config.inner.k,
         num_query=config.outer.num_query,
         mesh=mesh,
+        tasks_at_once=config.train.tasks_at_once,
     )
     return make_train_window(step, sample_ahead(config, parts.tasks.train))
 

@@ -46,8 +46,9 @@ from metalearn.runtime import (
     replicate,
     task_mesh,
     use_compile_cache,
+    use_cpu_devices,
 )
-from metalearn.trainer import Preempted, TrainState, fit
+from metalearn.trainer import Preempted, TrainState, chunks_per_device, fit
 
 TRAIN_SECONDS = "train_seconds"  # checkpoint metadata: training time so far
 
@@ -79,6 +80,7 @@ def run(
     config = cfg if isinstance(cfg, Config) else typed(cfg)
     validate(config)
     use_compile_cache(config.train.compile_cache)
+    use_cpu_devices(config.train.cpu_devices)  # before JAX first computes
     parts = build(config)
     mesh = device_mesh(config)
     output_dir = Path(output_dir)
@@ -116,10 +118,18 @@ def run(
 
 
 def device_mesh(config: Config) -> jax.sharding.Mesh | None:
+    """The mesh the task batch is split over; also checks that each device's
+    share of it splits into chunks of `train.tasks_at_once`."""
     try:
-        return task_mesh(config.train.devices, config.outer.batch)
+        mesh = task_mesh(config.train.devices, config.outer.batch)
     except DeviceError as error:
         raise ConfigError(str(error)) from None
+    devices = 1 if mesh is None else mesh.devices.size
+    try:
+        chunks_per_device(config.outer.batch, devices, config.train.tasks_at_once)
+    except ValueError as error:
+        raise ConfigError(f"train.{error} (outer.batch={config.outer.batch})") from None
+    return mesh
 
 
 def train(

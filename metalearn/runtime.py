@@ -1,12 +1,16 @@
 """Process-level concerns of a run: stop signals, the device mesh, the compile cache."""
 
 import contextlib
+import logging
+import os
 import signal
 from typing import Any
 
 import jax
 
 from metalearn.trainer import make_task_mesh
+
+log = logging.getLogger(__name__)
 
 
 class StopFlag:
@@ -44,11 +48,48 @@ class DeviceError(ValueError):
     """A device count that this machine or the task batch cannot use."""
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def use_cpu_devices(wanted: int | None) -> int | None:
+    """Asks JAX to run the CPU as `wanted` host devices (0: one per core; None:
+    as JAX starts, one device unless `$JAX_NUM_CPU_DEVICES` says otherwise).
+
+    The count is fixed when JAX first computes something in a process. Asked
+    later for another count, this leaves the devices as they are (a setting of
+    speed, not of results) and logs a warning that says so. Returns the CPU device
+    count asked for (None: not asked).
+    """
+    if wanted is None:
+        return None
+    count = wanted or cpu_cores()
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX has started; its CPU device count is fixed
+        started = len(jax.devices("cpu"))
+        if started != count:
+            log.warning(
+                "train.cpu_devices=%d asks for %d CPU device(s), but JAX already "
+                "runs the CPU as %d in this process and cannot change that: this "
+                "run uses %d (a fresh process gets %d)",
+                wanted, count, started, started, count,
+            )  # fmt: skip
+    return count
+
+
 def task_mesh(wanted: int, tasks_per_step: int) -> jax.sharding.Mesh | None:
-    """The device mesh the task batch is split over (`wanted` devices, 0: all
-    visible), or None on one device."""
+    """The device mesh the task batch is split over, or None on one device.
+
+    `wanted` devices; 0: as many of the visible devices as split `tasks_per_step`
+    evenly (the largest divisor of it that is at most the visible count).
+    """
     available = jax.device_count()
-    wanted = wanted or available
+    if not wanted:
+        wanted = max(d for d in range(1, available + 1) if tasks_per_step % d == 0)
     if wanted > available:
         raise DeviceError(
             f"train.devices={wanted} is not allowed: only {available} device(s) are "

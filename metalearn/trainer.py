@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from metalearn.algorithms import Algorithm
-from metalearn.algorithms.base import MetaParams, Metrics
+from metalearn.algorithms.base import MetaGradient, MetaParams, Metrics
 from metalearn.evaluation import EvaluationStopped
 from metalearn.models import ModelState
 from metalearn.tasks import Data, TaskBatch, TaskFamily
@@ -90,6 +90,7 @@ def make_train_step(
     num_support: int,
     num_query: int,
     mesh: jax.sharding.Mesh | None = None,
+    tasks_at_once: int = 0,
 ) -> TrainStep:
     """One meta-step: sample `tasks_per_step` tasks, meta-gradient, optimiser update.
 
@@ -97,7 +98,17 @@ def make_train_step(
     axis, "tasks"), the task batch is sharded across its devices and everything
     else replicated; XLA turns the mean over tasks into an all-reduce.
     `tasks_per_step` must be a multiple of the mesh size.
+
+    `tasks_at_once` (0: all) bounds how many tasks' meta-gradients are computed
+    together (vmapped): each device then loops over its tasks in chunks of that
+    many and averages the chunks' meta-gradients (`chunked_meta_grad`). The
+    numbers are the same up to float rounding; one task at a time keeps a 20-way
+    task's activations in the CPU's cache and its memory to one task's.
     """
+    num_devices = 1 if mesh is None else mesh.devices.size
+    meta_grad = chunked_meta_grad(
+        algorithm.meta_grad, tasks_per_step, num_devices, tasks_at_once, mesh
+    )
 
     def shard_tasks(tasks: TaskBatch, *leading: None) -> TaskBatch:
         """Splits the task axis (after any `leading` axes) over the mesh."""
@@ -117,9 +128,7 @@ def make_train_step(
 
     def update(state: TrainState, tasks: TaskBatch):
         tasks = shard_tasks(tasks)
-        result = algorithm.meta_grad(
-            state.meta_params, state.model_state, tasks, state.step
-        )
+        result = meta_grad(state.meta_params, state.model_state, tasks, state.step)
         updates, opt_state = optimizer.update(
             result.grads, state.opt_state, state.meta_params
         )
@@ -130,6 +139,83 @@ def make_train_step(
         return next_state, (result.loss, result.metrics)
 
     return TrainStep(sample_steps, update)
+
+
+def chunks_per_device(tasks_per_step: int, num_devices: int, tasks_at_once: int) -> int:
+    """How many chunks of `tasks_at_once` tasks each device's share of the task
+    batch splits into (1: the whole share at once, also for `tasks_at_once` 0)."""
+    share = tasks_per_step // num_devices
+    if tasks_at_once < 0 or (tasks_at_once and share % tasks_at_once):
+        raise ValueError(
+            f"tasks_at_once={tasks_at_once} is not allowed: each of {num_devices} "
+            f"device(s) has {share} of the {tasks_per_step} tasks of a meta-step; "
+            f"it must be a divisor of {share} (0: all at once)"
+        )
+    return share // tasks_at_once if tasks_at_once else 1
+
+
+def chunked_meta_grad(
+    meta_grad: Callable[..., MetaGradient],
+    tasks_per_step: int,
+    num_devices: int,
+    tasks_at_once: int,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Callable[..., MetaGradient]:
+    """`meta_grad` run over each device's tasks in chunks of `tasks_at_once`,
+    one chunk after another (`lax.scan`), its results averaged over chunks (equal
+    sizes: the mean of the chunks' means is the mean over tasks).
+
+    With several devices the task batch `[T, ...]` is viewed as
+    `[devices, chunks, tasks_at_once, ...]`, device-major as the mesh splits it,
+    and the device axis is vmapped (and sharded), so every device loops over its
+    own chunks. `meta_grad` itself when there is one chunk per device.
+    """
+    chunks = chunks_per_device(tasks_per_step, num_devices, tasks_at_once)
+    if chunks == 1:
+        return meta_grad
+
+    def device_share(meta_params, model_state, tasks, step) -> MetaGradient:
+        """The mean meta-gradient of one device's tasks, leaves `[chunks, c, ...]`."""
+
+        def add_chunk(total, chunk):
+            result = meta_grad(meta_params, model_state, chunk, step)
+            return jax.tree.map(jnp.add, total, result), None
+
+        first = jax.tree.map(lambda leaf: leaf[0], tasks)
+        zeros = jax.tree.map(
+            lambda v: jnp.zeros(v.shape, v.dtype),
+            jax.eval_shape(meta_grad, meta_params, model_state, first, step),
+        )
+        total, _ = jax.lax.scan(add_chunk, zeros, tasks)
+        return jax.tree.map(lambda leaf: (leaf / chunks).astype(leaf.dtype), total)
+
+    def split(tasks: TaskBatch, *leading: int) -> TaskBatch:
+        return jax.tree.map(
+            lambda leaf: leaf.reshape(*leading, chunks, tasks_at_once, *leaf.shape[1:]),
+            tasks,
+        )
+
+    def chunked(meta_params, model_state, tasks, step=0) -> MetaGradient:
+        if num_devices == 1:
+            return device_share(meta_params, model_state, split(tasks), step)
+        per_device = split(tasks, num_devices)
+        if mesh is not None:
+            sharding = jax.sharding.NamedSharding(
+                mesh, jax.sharding.PartitionSpec(TASK_AXIS)
+            )
+            per_device = jax.lax.with_sharding_constraint(per_device, sharding)
+        results = jax.vmap(device_share, in_axes=(None, None, 0, None))(
+            meta_params, model_state, per_device, step
+        )
+        # the mean over devices as a product with ones: XLA:CPU runs a sum over
+        # a leading axis many times slower (see algorithms.base.tile)
+        weights = jnp.full((num_devices,), 1.0 / num_devices)
+        return jax.tree.map(
+            lambda leaf: jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1),
+            results,
+        )
+
+    return chunked
 
 
 class TrainWindow(Protocol):

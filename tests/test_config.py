@@ -232,7 +232,7 @@ def path_of(group, option):
 
 
 def test_the_config_reference_in_docs_is_current():
-    # regenerate with: python -m metalearn.config > docs/config.md
+    # regenerate with: python -m metalearn.config conf > docs/config.md
     assert (REPO / "docs" / "config.md").read_text() == config_reference(REPO / "conf")
 
 
@@ -312,12 +312,26 @@ def test_typed_refuses_a_saved_config_with_a_key_this_version_lacks():
         ("train.max_minutes=0", "train.max_minutes=0.0 is not allowed"),
         ("outer.clip_value=0", "outer.clip_value=0.0 is not allowed: it must be a"),
         ("seed=-1", "seed=-1 is not allowed: it must be an integer >= 0"),
+        ("train.tasks_at_once=-1", "train.tasks_at_once=-1 is not allowed: it must"),
+        ("train.cpu_devices=-2", "train.cpu_devices=-2 is not allowed: it must be"),
     ],
 )
 def test_out_of_range_run_settings_are_named_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as error:
         validate(typed_with(override))
     assert message in str(error.value)
+
+
+def test_chunks_of_tasks_that_do_not_split_the_batch_are_named():
+    from metalearn.experiment import device_mesh
+
+    with pytest.raises(ConfigError) as error:
+        device_mesh(typed_with("train.tasks_at_once=3"))  # outer.batch=4
+    assert str(error.value) == (
+        "train.tasks_at_once=3 is not allowed: each of 1 device(s) has 4 of the 4 "
+        "tasks of a meta-step; it must be a divisor of 4 (0: all at once) "
+        "(outer.batch=4)"
+    )
 
 
 @pytest.mark.parametrize(

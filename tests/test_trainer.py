@@ -6,13 +6,14 @@ import numpy as np
 import optax
 import pytest
 
-from metalearn.algorithms import make_maml
-from metalearn.models import make_mlp
+from metalearn.algorithms import make_maml, make_metasgd, make_reptile
+from metalearn.models import make_conv4, make_mlp
 from metalearn.optimizers import flat_optimizer
 from metalearn.tasks.sinusoid import make_sinusoid
 from metalearn.trainer import (
     Schedule,
     TrainStep,
+    chunks_per_device,
     init_train_state,
     make_train_step,
     make_train_window,
@@ -127,6 +128,75 @@ def test_sampling_tasks_ahead_changes_no_number():
     jax.tree.map(
         np.testing.assert_array_equal, one_at_a_time.meta_params, ahead.meta_params
     )
+
+
+def trained_in_chunks(algorithm, family, tasks_at_once, batch=8, steps=4, k=5):
+    """Meta-parameters and last window's metrics after `steps` meta-steps."""
+    optimizer = flat_optimizer(optax.adam(1e-2))
+    step = make_train_step(
+        algorithm, family, optimizer, batch, k, k, tasks_at_once=tasks_at_once
+    )
+    state = init_train_state(algorithm, optimizer, jax.random.key(0))
+    state, metrics = make_train_window(step, sample_ahead=2)(state, family.data, steps)
+    return state.meta_params, metrics
+
+
+def assert_same_training(got, want):
+    (params, metrics), (want_params, want_metrics) = got, want
+    assert float(metrics["train/meta_loss"]) == pytest.approx(
+        float(want_metrics["train/meta_loss"]), rel=1e-5
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        params,
+        want_params,
+    )
+
+
+@pytest.mark.parametrize("tasks_at_once", [1, 2, 4])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: make_maml(MODEL, FAMILY, 0.1, 2),
+        lambda: make_metasgd(MODEL, FAMILY, 0.1, 1),
+        lambda: make_reptile(MODEL, FAMILY, 0.1, 3),
+    ],
+    ids=["maml", "metasgd", "reptile"],
+)
+def test_meta_steps_over_chunks_of_tasks_equal_all_tasks_at_once(make, tasks_at_once):
+    algorithm = make()
+    assert_same_training(
+        trained_in_chunks(algorithm, FAMILY, tasks_at_once),
+        trained_in_chunks(algorithm, FAMILY, 0),
+    )
+
+
+def test_conv4_maml_one_task_at_a_time_equals_all_at_once(omniglot_root):
+    from metalearn.tasks.omniglot import make_omniglot
+
+    family = make_omniglot(omniglot_root, ways=5).train
+    model = make_conv4(family.input_shape, 5, filters=8)
+    maml = make_maml(model, family, 0.4, 2)  # second order, transductive BatchNorm
+    assert_same_training(
+        trained_in_chunks(maml, family, 1, batch=4, steps=2, k=1),
+        trained_in_chunks(maml, family, 0, batch=4, steps=2, k=1),
+    )
+
+
+@pytest.mark.parametrize(
+    "tasks_per_step, devices, tasks_at_once, chunks",
+    [(16, 1, 0, 1), (16, 1, 1, 16), (16, 2, 1, 8), (16, 2, 4, 2), (16, 2, 8, 1)],
+)
+def test_each_devices_share_of_the_batch_splits_into_chunks(
+    tasks_per_step, devices, tasks_at_once, chunks
+):
+    assert chunks_per_device(tasks_per_step, devices, tasks_at_once) == chunks
+
+
+@pytest.mark.parametrize("tasks_at_once", [3, 16, -1])
+def test_chunks_that_do_not_divide_a_devices_share_are_refused(tasks_at_once):
+    with pytest.raises(ValueError, match=f"tasks_at_once={tasks_at_once} is not all"):
+        chunks_per_device(16, 2, tasks_at_once)  # 8 tasks per device
 
 
 def window_ends(start: int, schedule: Schedule) -> list[int]:
