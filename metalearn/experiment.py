@@ -42,6 +42,7 @@ from metalearn.runtime import (
     StopFlag,
     check_fits,
     free_memory,
+    on_first_device,
     program_bytes,
     replicate,
     task_mesh,
@@ -217,6 +218,7 @@ def metric_goals(config: Config, parts: Parts) -> dict[str, Goal]:
 def evaluate(state, evaluation, draw, stop: StopFlag, total: int) -> dict[str, Any]:
     """The evaluation's metrics (with a progress bar over its `total` tasks) and,
     with `eval.figures`, the prediction figure's file."""
+    state = on_first_device(state)  # training may have replicated it over a mesh
     bar = tqdm(desc="evaluating", total=total, unit="task", leave=False, disable=None)
     with bar:
         metrics: dict[str, Any] = evaluation(

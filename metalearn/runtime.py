@@ -113,6 +113,13 @@ def replicate(data: Any, mesh: jax.sharding.Mesh | None) -> Any:
     return jax.device_put(data, replicated)
 
 
+def on_first_device(tree: Any) -> Any:
+    """`tree` on the first device, where evaluation runs and its programs were
+    compiled; a copy of what training left replicated over a mesh, as is otherwise."""
+    device = jax.devices()[0]
+    return jax.device_put(tree, device)
+
+
 def use_compile_cache(directory: str | None) -> None:
     """Turns JAX's persistent compilation cache on (every program, however quick to
     compile) in `directory`, or off for None."""

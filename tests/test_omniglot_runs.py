@@ -1,9 +1,10 @@
 """Omniglot end to end: a run, every algorithm, learning, bad input."""
 
 import pytest
-from helpers import read_json, read_runs, train_main
+from helpers import read_json, read_runs, train_main, train_py
 
 from metalearn.algorithms import ALGORITHMS
+from metalearn.rundir import read_history
 
 # A tiny Omniglot setting: 14x14 images, an 8-filter conv4, a few meta-steps.
 TINY = [
@@ -128,3 +129,23 @@ def test_missing_data_names_the_file_and_the_command(tmp_path, capsys):
         *TINY, f"data.root={not_a_dir}", f"hydra.run.dir={tmp_path / 's'}"
     )
     assert code == 2 and "is not a directory" in capsys.readouterr().err
+
+
+def test_a_run_on_one_device_per_core_trains_evaluates_and_checkpoints(
+    tmp_path, omniglot_root
+):
+    # a fresh process: the CPU device count is fixed when JAX starts
+    train_py(
+        *TINY, "train.cpu_devices=2", "train.tasks_at_once=1", "eval.every=3",
+        "eval.figures=true", "checkpoint.every=3", f"data.root={omniglot_root}",
+        f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["train/steps"] == 6 and 0 <= summary["eval/acc@step2"] <= 1
+    evaluated = [
+        r["step"]
+        for r in read_history(tmp_path / "history.jsonl")
+        if "eval/acc@step2" in r
+    ]
+    assert evaluated == [3, 6]  # mid-training evaluation too
+    assert (tmp_path / "figures" / "predictions_3.png").is_file()
