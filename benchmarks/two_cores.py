@@ -3,17 +3,22 @@
     python benchmarks/two_cores.py            # writes RESULTS_two_cores.md
     python benchmarks/two_cores.py --quick
 
-XLA:CPU runs these programs mostly on one core. The ways tried, each on the MAML
-paper's Omniglot 5-way 1-shot preset (meta-batch 32), second and first order, in
-its own process (`benchmarks/ours.py`), medians of `--repeats` runs in turn:
+Each way runs the MAML paper's Omniglot 5-way 1-shot (meta-batch 32, 1 inner step)
+and 20-way 1-shot (meta-batch 16, 5 inner steps) presets, second and first order,
+in its own process (`benchmarks/ours.py`), medians of `--repeats` runs in turn:
 
-- `one device`: the default (one host device; XLA's own intra-op threads);
-- `2 devices`: two host devices (`JAX_NUM_CPU_DEVICES=2`), the meta-batch sharded
-  over them (`train.devices=0`, all), each device's share on its own thread;
-- `2 devices, no eigen threads`: the same with `--xla_cpu_multi_thread_eigen=false`,
-  so the two devices' threads do not also compete for Eigen's pool;
-- `two jobs side by side`: two single-device runs at once (what a sweep with the
-  joblib launcher and `n_jobs=2` does): the sum of their meta-steps/s.
+- `1 device, all at once`: one host device (JAX's default), the meta-batch's
+  tasks vmapped together (`train.cpu_devices=null train.tasks_at_once=0`; what
+  the presets did before);
+- `1 device, one at a time`: one device looping over the tasks
+  (`train.tasks_at_once=1`);
+- `2 devices, all at once`: two host devices (`train.cpu_devices=2`), the
+  meta-batch sharded over them, each vmapping its share;
+- `2 devices, one at a time`: two host devices, each looping over its share one
+  task at a time (`train.cpu_devices=2 train.tasks_at_once=1`: what the presets
+  do on a 2-core CPU);
+- `two jobs side by side`: two runs of the first way at once (what a sweep with
+  the joblib launcher and `n_jobs=2` does): the sum of their meta-steps/s.
 
 Needs the prepared Omniglot data (`python -m metalearn.data omniglot`).
 """
@@ -32,40 +37,36 @@ from throughput import jax_device
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-PRESET = "maml_paper_omniglot_5w1s"
+PRESETS = {"5w1s": "maml_paper_omniglot_5w1s", "20w1s": "maml_paper_omniglot_20w1s"}
+STEPS = {"5w1s": 1.0, "20w1s": 0.2}  # of --steps: a 20-way meta-step is ~5x longer
+ALGO = {"second": "maml", "first": "fomaml"}
+BASE = "1 device, all at once"
 SETUPS = {
-    "one device": {},
-    "2 devices": {"JAX_NUM_CPU_DEVICES": "2"},
-    "2 devices, no eigen threads": {
-        "JAX_NUM_CPU_DEVICES": "2",
-        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
-    },
+    BASE: ["train.cpu_devices=null", "train.tasks_at_once=0"],
+    "1 device, one at a time": ["train.cpu_devices=null", "train.tasks_at_once=1"],
+    "2 devices, all at once": ["train.cpu_devices=2", "train.tasks_at_once=0"],
+    "2 devices, one at a time": ["train.cpu_devices=2", "train.tasks_at_once=1"],
 }
 
 
-def command(order: str, steps: int, root) -> list[str]:
+def command(workload: str, order: str, steps: int, overrides, root) -> list[str]:
     line = [sys.executable, str(HERE / "ours.py"), "--steps", str(steps)]
-    line += [f"experiment={PRESET}", "algo=fomaml" if order == "first" else "algo=maml"]
+    line += [f"experiment={PRESETS[workload]}", f"algo={ALGO[order]}", *overrides]
+    line += ["train.log_every=" + str(max(1, steps // 3))]
     return line + ([f"data.root={root}"] if root else [])
 
 
-def run(processes: int, env: dict, order: str, steps: int, root) -> float:
-    """Meta-steps/s of `processes` runs started together (summed)."""
+def run(processes: int, line: list[str]) -> float:
+    """Meta-steps/s of `processes` runs of `line` started together (summed)."""
     started = [
-        subprocess.Popen(
-            command(order, steps, root),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )
+        subprocess.Popen(line, cwd=REPO, stdout=subprocess.PIPE, text=True)
         for _ in range(processes)
     ]
     total = 0.0
     for process in started:
         output, _ = process.communicate()
         if process.returncode != 0:
-            raise RuntimeError(f"{' '.join(command(order, steps, root))} failed")
+            raise RuntimeError(f"{' '.join(line)} failed")
         total += json.loads(output.strip().splitlines()[-1])["steps_per_s"]
     return total
 
@@ -81,29 +82,36 @@ def main() -> None:
     steps, repeats = (5, 1) if args.quick else (args.steps, args.repeats)
     start = time.perf_counter()
     rows = []
-    for order in ("second", "first"):
-        ways = [(name, 1, env) for name, env in SETUPS.items()]
-        ways.append(("two jobs side by side", 2, {}))
-        speeds: dict[str, list[float]] = {name: [] for name, _, _ in ways}
-        for _ in range(repeats):  # in turn, so drift touches every way alike
-            for name, processes, env in ways:
-                speeds[name].append(run(processes, env, order, steps, args.data_root))
-        base = statistics.median(speeds["one device"])
-        for name, _, _ in ways:
-            speed = statistics.median(speeds[name])
-            rows.append(f"| {order} | {name} | {speed:.2f} | {speed / base:.2f}x |")
-            print(rows[-1], flush=True)
+    ways = [(name, 1, overrides) for name, overrides in SETUPS.items()]
+    ways.append(("two jobs side by side", 2, SETUPS[BASE]))
+    for workload in PRESETS:
+        timed = max(2, round(steps * STEPS[workload]))
+        for order in ("second", "first"):
+            speeds: dict[str, list[float]] = {name: [] for name, _, _ in ways}
+            for _ in range(repeats):  # in turn, so drift touches every way alike
+                for name, processes, overrides in ways:
+                    line = command(workload, order, timed, overrides, args.data_root)
+                    speeds[name].append(run(processes, line))
+            base = statistics.median(speeds[BASE])
+            for name, _, _ in ways:
+                speed = statistics.median(speeds[name])
+                rows.append(
+                    f"| {workload} | {order} | {name} | {speed:.2f} | "
+                    f"{speed / base:.2f}x |"
+                )
+                print(rows[-1], flush=True)
     text = "\n".join(
         [
-            "# The second core: Omniglot 5-way 1-shot MAML meta-steps/s",
+            "# The second core: Omniglot MAML meta-steps/s",
             "",
-            f"`python benchmarks/two_cores.py{' --quick' if args.quick else ''}` on "
+            f"`{' '.join(['python benchmarks/two_cores.py', *sys.argv[1:]])}` on "
             f"{platform.machine()} ({os.cpu_count()} cores), {jax_device()}; "
-            f"{steps} meta-steps per run, medians of {repeats} runs "
+            f"{steps} meta-steps per 5-way run and a fifth of that per 20-way "
+            f"run, medians of {repeats} runs "
             f"({(time.perf_counter() - start) / 60:.0f} min in all).",
             "",
-            "| order | way | meta-steps/s | vs one device |",
-            "|---|---|---|---|",
+            "| workload | order | way | meta-steps/s | vs the first way |",
+            "|---|---|---|---|---|",
             *rows,
         ]
     )
