@@ -26,7 +26,7 @@ from metalearn.loggers import Fanout, LocalFiles, Logger, ProgressBar, RunInfo
 from metalearn.models import Model
 from metalearn.optimizers import flat_optimizer
 from metalearn.registry import OptionError
-from metalearn.runtime import program_bytes
+from metalearn.runtime import on_first_device, program_bytes
 from metalearn.tasks import TaskFamily, TaskSplits
 from metalearn.trainer import (
     Schedule,
@@ -34,6 +34,7 @@ from metalearn.trainer import (
     TrainWindow,
     make_train_step,
     make_train_window,
+    tasks_at_once_for,
 )
 
 SAMPLE_BUDGET_BYTES = 16 * 2**20  # sampled tasks held at once (sample_ahead, eval)
@@ -179,7 +180,9 @@ def make_training_window(
         num_support=config.inner.k,
         num_query=config.outer.num_query,
         mesh=mesh,
-        tasks_at_once=config.train.tasks_at_once,
+        tasks_at_once=tasks_at_once_for(
+            config.train.tasks_at_once, jax.default_backend()
+        ),
     )
     return make_train_window(step, sample_ahead(config, parts.tasks.train))
 
@@ -228,6 +231,7 @@ def make_evaluation(config: Config, parts: Parts, adapt_key: jax.Array) -> Evalu
     }
 
     def evaluate(state: TrainState, **options: Any) -> dict[str, float]:
+        state = on_first_device(state)  # where the chunk programs were compiled
         metrics: dict[str, float] = {}
         on_chunk = options.pop("on_chunk", None)
         for index, (suffix, protocol) in enumerate(protocols.items()):
@@ -247,6 +251,7 @@ def make_evaluation(config: Config, parts: Parts, adapt_key: jax.Array) -> Evalu
 
     def bytes_needed(state: TrainState) -> int:
         """Memory of the largest chunk program (compiled now, before training)."""
+        state = on_first_device(state)  # the state may be replicated over a mesh
         return max(
             program_bytes(
                 p.compile_chunk(state.meta_params, state.model_state, family.data)

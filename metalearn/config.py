@@ -220,17 +220,18 @@ class TrainConfig:
         None,
         "host devices JAX makes of the CPU, fixed when JAX first computes in a "
         "process (later runs in it keep them, with a warning; 0: one per core, the "
-        "fastest for image tasks with train.tasks_at_once=1; null: JAX's default, "
+        "fastest for image tasks with one task at a time; null: JAX's default, "
         "one, or $JAX_NUM_CPU_DEVICES)",
         optional(at_least(0)),
     )
-    tasks_at_once: int = setting(
+    tasks_at_once: int | None = setting(
         0,
         "tasks whose meta-gradients are computed together (vmapped); each device "
         "loops over its share of outer.batch in chunks of this many and averages "
-        "them (0: all at once). Changes speed and memory, not the numbers beyond "
-        "float rounding; 1 is fastest for 20-way Omniglot on a CPU",
-        at_least(0),
+        "them (0: all at once; null: 1 on a CPU, 0 elsewhere). Changes speed and "
+        "memory, not the numbers beyond float rounding; algo=pretrained, which "
+        "pools a meta-step's tasks into one batch, always takes them at once",
+        optional(at_least(0)),
     )
 
 

@@ -4,6 +4,7 @@ The top of the wiring layer: `train.py` hands it the composed config, and
 everything it calls takes plain Python objects.
 """
 
+import logging
 import os
 from collections.abc import Mapping
 from contextlib import closing, suppress
@@ -49,7 +50,15 @@ from metalearn.runtime import (
     use_compile_cache,
     use_cpu_devices,
 )
-from metalearn.trainer import Preempted, TrainState, chunks_per_device, fit
+from metalearn.trainer import (
+    Preempted,
+    TrainState,
+    chunks_per_device,
+    fit,
+    tasks_at_once_for,
+)
+
+log = logging.getLogger(__name__)
 
 TRAIN_SECONDS = "train_seconds"  # checkpoint metadata: training time so far
 
@@ -101,6 +110,7 @@ def run(
             checkpointer,
             train_key,
         )
+        state = replicate(state, mesh)  # a restored state sits on one device
         for relative, text in (records or {}).items():
             (output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
             write_text_atomically(output_dir / relative, text)
@@ -126,10 +136,16 @@ def device_mesh(config: Config) -> jax.sharding.Mesh | None:
     except DeviceError as error:
         raise ConfigError(str(error)) from None
     devices = 1 if mesh is None else mesh.devices.size
+    at_once = tasks_at_once_for(config.train.tasks_at_once, jax.default_backend())
     try:
-        chunks_per_device(config.outer.batch, devices, config.train.tasks_at_once)
+        chunks_per_device(config.outer.batch, devices, at_once)
     except ValueError as error:
         raise ConfigError(f"train.{error} (outer.batch={config.outer.batch})") from None
+    log.info(
+        "meta-steps of %d tasks on %d of %d %s device(s), %s tasks at once each",
+        config.outer.batch, devices, jax.device_count(), jax.default_backend(),
+        at_once or "all",
+    )  # fmt: skip
     return mesh
 
 
@@ -170,7 +186,7 @@ def train(
                 ),
                 should_stop=stop,
                 time_limit=None if minutes is None else minutes * 60 - seconds_before,
-                check=lambda window: check_memory(window, evaluation, state),
+                check=lambda window: check_memory(window, evaluation, state, mesh),
             )
         summary = result.summary
         if start_step:  # resumed: the windows before the checkpoint count too
@@ -194,15 +210,26 @@ def train(
     return summary
 
 
-TRAIN_KEYS = "outer.batch, inner.k, outer.num_query, inner.steps or train.sample_ahead"
+TRAIN_KEYS = (
+    "outer.batch, inner.k, outer.num_query, inner.steps, train.tasks_at_once or "
+    "train.sample_ahead"
+)
 EVAL_KEYS = "eval.tasks_per_batch, eval.k or eval.num_query (or eval.steps)"
 
 
-def check_memory(window: Any, evaluation: Any, state: TrainState) -> None:
+def check_memory(
+    window: Any, evaluation: Any, state: TrainState, mesh: jax.sharding.Mesh | None
+) -> None:
     """Refuses, before any training, a training window or an evaluation chunk
-    that cannot fit in the memory that is free, naming the keys to lower."""
+    that cannot fit in the memory that is free, naming the keys to lower.
+
+    A program's memory is per device; CPU devices share the host's memory, so
+    there it counts once per device of the mesh.
+    """
     free = free_memory(jax.devices()[0])
-    train = program_bytes(window)
+    devices = 1 if mesh is None else mesh.devices.size
+    shared = jax.default_backend() == "cpu"  # one host memory for all its devices
+    train = program_bytes(window) * (devices if shared else 1)
     check_fits("compiled training window", train, TRAIN_KEYS, free)
     needed = evaluation.bytes_needed(state)
     check_fits("evaluation of one chunk of tasks", needed, EVAL_KEYS, free)

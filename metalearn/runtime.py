@@ -93,7 +93,7 @@ def task_mesh(wanted: int, tasks_per_step: int) -> jax.sharding.Mesh | None:
     if wanted > available:
         raise DeviceError(
             f"train.devices={wanted} is not allowed: only {available} device(s) are "
-            "visible (0 uses all of them)"
+            "visible (0: as many as split outer.batch evenly)"
         )
     if wanted == 1:
         return None

@@ -103,9 +103,13 @@ def make_train_step(
     together (vmapped): each device then loops over its tasks in chunks of that
     many and averages the chunks' meta-gradients (`chunked_meta_grad`). The
     numbers are the same up to float rounding; one task at a time keeps a 20-way
-    task's activations in the CPU's cache and its memory to one task's.
+    task's activations in the CPU's cache and its memory to one task's. An
+    algorithm that pools its tasks into one batch (`pools_tasks`) always takes
+    them all at once.
     """
     num_devices = 1 if mesh is None else mesh.devices.size
+    if algorithm.pools_tasks:  # its numbers depend on which tasks are together
+        tasks_at_once = 0
     meta_grad = chunked_meta_grad(
         algorithm.meta_grad, tasks_per_step, num_devices, tasks_at_once, mesh
     )
@@ -139,6 +143,14 @@ def make_train_step(
         return next_state, (result.loss, result.metrics)
 
     return TrainStep(sample_steps, update)
+
+
+def tasks_at_once_for(setting: int | None, backend: str) -> int:
+    """`train.tasks_at_once` on `backend`; None: one task at a time on a CPU (its
+    cache holds one task's activations), all at once elsewhere."""
+    if setting is not None:
+        return setting
+    return 1 if backend == "cpu" else 0
 
 
 def chunks_per_device(tasks_per_step: int, num_devices: int, tasks_at_once: int) -> int:

@@ -131,7 +131,7 @@ def test_missing_data_names_the_file_and_the_command(tmp_path, capsys):
     assert code == 2 and "is not a directory" in capsys.readouterr().err
 
 
-def test_a_run_on_one_device_per_core_trains_evaluates_and_checkpoints(
+def test_a_run_on_one_device_per_core_trains_evaluates_and_resumes(
     tmp_path, omniglot_root
 ):
     # a fresh process: the CPU device count is fixed when JAX starts
@@ -142,10 +142,12 @@ def test_a_run_on_one_device_per_core_trains_evaluates_and_checkpoints(
     )  # fmt: skip
     summary = read_json(tmp_path / "summary.json")
     assert summary["train/steps"] == 6 and 0 <= summary["eval/acc@step2"] <= 1
-    evaluated = [
-        r["step"]
-        for r in read_history(tmp_path / "history.jsonl")
-        if "eval/acc@step2" in r
-    ]
+    history = read_history(tmp_path / "history.jsonl")
+    evaluated = [row["step"] for row in history if "eval/acc@step2" in row]
     assert evaluated == [3, 6]  # mid-training evaluation too
     assert (tmp_path / "figures" / "predictions_3.png").is_file()
+    log = (tmp_path / "train.log").read_text()
+    assert "meta-steps of 2 tasks on 2 of 2 cpu device(s), 1 tasks at once" in log
+    # resumed from its checkpoint (restored on one device) onto both devices again
+    train_py(f"resume={tmp_path}", "outer.steps=9")
+    assert read_json(tmp_path / "summary.json")["train/steps"] == 9

@@ -17,6 +17,7 @@ from metalearn.trainer import (
     init_train_state,
     make_train_step,
     make_train_window,
+    tasks_at_once_for,
 )
 
 FAMILY = make_sinusoid(amp_max=0.5).train
@@ -236,3 +237,32 @@ def test_the_next_window_end_costs_the_same_for_any_number_of_steps():
 )
 def test_a_boundary_is_due_on_its_grid_and_always_at_the_end(step, every, due):
     assert Schedule(20, 4).due(step, every) is due
+
+
+def test_pretraining_pools_a_devices_tasks_whatever_tasks_at_once_says(omniglot_root):
+    from metalearn.algorithms import make_pretrained
+    from metalearn.tasks.omniglot import make_omniglot
+
+    family = make_omniglot(omniglot_root, ways=5).train
+    model = make_conv4(family.input_shape, 5, filters=8)  # BatchNorm over the batch
+    pretrained = make_pretrained(model, family, 0.4, 1)
+    assert pretrained.pools_tasks
+    one_at_a_time = trained_in_chunks(pretrained, family, 1, batch=4, steps=2, k=1)
+    all_at_once = trained_in_chunks(pretrained, family, 0, batch=4, steps=2, k=1)
+    jax.tree.map(np.testing.assert_array_equal, one_at_a_time[0], all_at_once[0])
+
+
+@pytest.mark.parametrize(
+    "setting, backend, tasks_at_once",
+    [
+        (None, "cpu", 1),
+        (None, "gpu", 0),
+        (None, "tpu", 0),
+        (0, "cpu", 0),
+        (4, "gpu", 4),
+    ],
+)
+def test_tasks_at_once_null_means_one_on_a_cpu_and_all_elsewhere(
+    setting, backend, tasks_at_once
+):
+    assert tasks_at_once_for(setting, backend) == tasks_at_once

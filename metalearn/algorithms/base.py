@@ -95,6 +95,11 @@ class Algorithm(NamedTuple):
             prototypes). Evaluation then takes it once and reports its score at
             every step 0..`eval.steps`, so the curve is flat instead of showing
             a step 0 that never saw the support set.
+        pools_tasks: True when `meta_grad` pools the tasks' examples into one
+            batch (pretrained: supervised training whose BatchNorm normalises
+            with the whole batch), so its result depends on which tasks are
+            computed together: the trainer then never splits a device's tasks
+            into chunks (`train.tasks_at_once` does not apply).
     """
 
     name: str
@@ -104,6 +109,7 @@ class Algorithm(NamedTuple):
     adapt_step: AdaptStepFn
     predict: PredictFn
     adapts_once: bool = False
+    pools_tasks: bool = False
 
 
 class TaskObjective(Protocol):

@@ -96,6 +96,7 @@ def _pooled_regression(model: Model, task: TaskFamily, inner_lr: float) -> Algor
         adapt_init=start_from_meta_params,
         adapt_step=make_sgd_adapt_step(loss_fn, inner_lr),
         predict=make_predict(model),
+        pools_tasks=True,
     )
 
 
@@ -157,4 +158,5 @@ def _supervised_classifier(
         adapt_init=adapt_init,
         adapt_step=adapt_step,
         predict=make_predict(model),
+        pools_tasks=True,
     )
