@@ -7,12 +7,14 @@ Workloads: the MAML paper's Omniglot 5-way 1-shot (meta-batch 32, 1 inner step a
 0.4) and 20-way 1-shot (meta-batch 16, 5 inner steps at 0.1), 1 query image per
 class, Adam 1e-3, second and first order. For each, three runs in turn, each in
 its own process, repeated `--repeats` times (medians; a shared machine's speed
-drifts between runs): ours (`benchmarks/ours.py experiment=...`) with
-`algo.remat` off and on, and the peer (`benchmarks/peer_l2l.py`: learn2learn's
-MAML, clone/adapt per task, episodes sampled on the host; tests/test_peer.py
-checks it computes our meta-gradient). Meta-steps/s exclude our compilation and
-the peer's warm-up steps, both reported on their own; wall is the whole process;
-peak RSS the process's maximum resident memory (the largest of the runs).
+drifts between runs): ours (`benchmarks/ours.py experiment=...
+algo.adapt_batch_norm=true`: its inner loop adapts BatchNorm's offsets, as
+learn2learn's does) with `algo.remat` off and on, and the peer
+(`benchmarks/peer_l2l.py`: learn2learn's MAML, clone/adapt per task, episodes
+sampled on the host; tests/test_peer.py checks it computes our meta-gradient).
+Meta-steps/s exclude our compilation and the peer's warm-up steps, both reported
+on their own; wall is the whole process; peak RSS the process's maximum resident
+memory (the largest of the runs).
 Then our evaluation throughput: 600 test tasks adapted 3 and 10 steps from the
 initial weights, in compiled chunks of tasks (their compilation apart).
 
@@ -88,6 +90,7 @@ def ours_on(
     command = [sys.executable, str(HERE / "ours.py"), "--steps", str(steps)]
     command += [f"experiment={preset}", *overrides]
     command += ["algo=fomaml" if order == "first" else "algo=maml"]
+    command += ["algo.adapt_batch_norm=true"]  # the peer's maths
     command += [f"algo.remat={str(remat).lower()}"]
     command += [f"data.root={root}"] if root else []
     return measure(command)

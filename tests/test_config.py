@@ -188,6 +188,7 @@ MAMLPP_OFF = {  # MAML++'s options of algo=maml, all off
     "learned_lrs": False,
     "first_order_epochs": 0,
     "epoch_steps": 500,
+    "adapt_batch_norm": False,  # the reference code's: BatchNorm in the outer loop
 }
 
 

@@ -23,6 +23,7 @@ from jax.flatten_util import ravel_pytree
 
 from metalearn.algorithms import make_anil, make_maml
 from metalearn.algorithms.maml import multi_step_loss_weights
+from metalearn.inner import make_adapt, make_model_loss, make_query_loss
 from metalearn.metrics import cross_entropy
 from metalearn.models import make_conv4, make_mlp
 from metalearn.tasks import TaskBatch, TaskFamily
@@ -321,6 +322,76 @@ def test_support_batch_norm_meta_gradient_matches_finite_differences(make_algori
             assert float(flat_grads[index]) == pytest.approx(
                 float(numeric), rel=1e-5, abs=1e-9
             )
+
+
+# --- BatchNorm in the inner loop ---------------------------------------------------
+
+
+def hand_meta_loss(model, first_order, meta_params, state, tasks):
+    """MAML's meta-loss written out: two SGD steps at 0.1 with a zero rate for
+    BatchNorm's parameters, the query loss, the mean over tasks."""
+    loss_fn = make_model_loss(model, cross_entropy)
+    query_loss = make_query_loss(model, cross_entropy)
+    adapt = make_adapt(loss_fn, 2, first_order)
+
+    def one_task(task):
+        rates = jax.tree.map(
+            lambda is_bn: 0.0 if is_bn else 0.1, model.is_batch_norm(meta_params)
+        )
+        params, task_state = adapt(
+            meta_params, rates, state, task.support_inputs, task.support_targets
+        )
+        return query_loss(
+            params, task_state, task.support_inputs, task.query_inputs,
+            task.query_targets,
+        )[0]  # fmt: skip
+
+    return jnp.mean(jax.vmap(one_task)(tasks))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("mamlpp", [False, True])
+def test_batch_norm_left_to_the_outer_loop_is_a_zero_inner_rate_for_it(
+    first_order, mamlpp
+):
+    """The reference code's MAML (algo.adapt_batch_norm=false): the inner loop
+    leaves BatchNorm's offset and scale alone, the outer loop learns them. Equal,
+    in float64, to the same loop with a zero inner rate for them; on MAML++'s
+    stepwise path (learned rates off, multi-step loss on, one weight) too."""
+    with jax.enable_x64(True):
+        options = (
+            {"multi_step_loss": True, "multi_step_loss_epochs": 1} if mamlpp else {}
+        )
+        model = tiny_conv4("transductive")
+        maml = make_maml(model, IMAGES, 0.1, 2, first_order=first_order, **options)
+        meta_params, state = init64(maml)
+        tasks = float64(image_tasks(2, 3, 4, seed=3))
+        step = 10**6  # past the multi-step loss's annealing: the last step only
+        got = jax.jit(maml.meta_grad)(meta_params, state, tasks, step)
+        want_loss, want_grads = jax.value_and_grad(
+            functools.partial(hand_meta_loss, model, first_order), argnums=0
+        )(meta_params, state, tasks)
+        np.testing.assert_allclose(got.loss, want_loss, rtol=1e-10)
+        assert_tree_close(got.grads, want_grads)
+        assert np.all(np.abs(got.grads["conv_1"]["offset"]) > 0)  # meta-learned
+
+
+@pytest.mark.parametrize("adapt_batch_norm", [False, True])
+def test_adaptation_changes_batch_norm_only_with_adapt_batch_norm(adapt_batch_norm):
+    model = tiny_conv4("transductive")
+    maml = make_maml(model, IMAGES, 0.1, 2, adapt_batch_norm=adapt_batch_norm)
+    meta_params, state = maml.init(jax.random.key(0))
+    task = jax.tree.map(lambda a: a[0], image_tasks(1, 3, 4, seed=3))
+    adapted = maml.adapt_init(meta_params, jax.random.key(0))
+    adapted, _ = jax.jit(maml.adapt_step)(
+        meta_params, adapted, state, task.support_inputs, task.support_targets
+    )
+    assert not np.allclose(adapted["conv_1"]["w"], meta_params["conv_1"]["w"])
+    for name in ("offset", "scale"):
+        changed = not np.array_equal(
+            adapted["conv_1"][name], meta_params["conv_1"][name]
+        )
+        assert changed == adapt_batch_norm, name
 
 
 # --- configs ------------------------------------------------------------------------

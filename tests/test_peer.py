@@ -99,7 +99,15 @@ def test_the_peer_has_metalearns_meta_loss_and_meta_gradient(
         batch_norm_scale=bn_scale,
         batch_norm_eps=bn_eps,
     )
-    maml = make_maml(model, tasks_family, 0.4, inner_steps, first_order=first_order)
+    # learn2learn adapts every parameter, BatchNorm's included
+    maml = make_maml(
+        model,
+        tasks_family,
+        0.4,
+        inner_steps,
+        first_order=first_order,
+        adapt_batch_norm=True,
+    )
     params, state = maml.init(jax.random.key(1))
     keys = jax.random.split(jax.random.key(2), TASKS)
     tasks = jax.vmap(lambda k: tasks_family.sample(k, tasks_family.data, 1, 1))(keys)

@@ -280,6 +280,32 @@ def merge_head(body: Params, head: Params) -> Params:
     )
 
 
+def make_partial_adapt(
+    fixed_mask: Callable[[Params], Any],
+    loss_fn: LossFn,
+    num_steps: int,
+    first_order: bool = False,
+    remat: bool = False,
+) -> Callable:
+    """`make_adapt` that changes only the leaves `fixed_mask(params)` leaves
+    unmarked: `(params, lr, state, inputs, targets) -> (params, state)`. The marked
+    leaves are held fixed and get no inner gradient at all."""
+
+    def adapt(params, learning_rate, model_state, inputs, targets):
+        trained, fixed = split_by(fixed_mask(params), params)
+
+        def partial_loss(trained, state, inputs, targets):
+            return loss_fn(merge_head(trained, fixed), state, inputs, targets)
+
+        adapt_trained = make_adapt(partial_loss, num_steps, first_order, remat)
+        trained, model_state = adapt_trained(
+            trained, learning_rate, model_state, inputs, targets
+        )
+        return merge_head(trained, fixed), model_state
+
+    return adapt
+
+
 def make_head_adapt(
     model: Model,
     loss_fn: LossFn,
@@ -290,16 +316,7 @@ def make_head_adapt(
     """`make_adapt` that changes only the model's head: `(params, lr, state,
     inputs, targets) -> (params, state)`; the body is held fixed."""
 
-    def adapt(params, learning_rate, model_state, inputs, targets):
-        body, head = split_head(model, params)
+    def body_mask(params: Params) -> Any:
+        return jax.tree.map(lambda is_head: not is_head, model.head(params))
 
-        def head_loss(head, state, inputs, targets):
-            return loss_fn(merge_head(body, head), state, inputs, targets)
-
-        adapt_head = make_adapt(head_loss, num_steps, first_order, remat)
-        head, model_state = adapt_head(
-            head, learning_rate, model_state, inputs, targets
-        )
-        return merge_head(body, head), model_state
-
-    return adapt
+    return make_partial_adapt(body_mask, loss_fn, num_steps, first_order, remat)

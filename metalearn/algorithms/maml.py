@@ -8,6 +8,11 @@ loss of the adapted weights, averaged over the task batch (one task: the tutoria
 through the inner loop (second order) unless `first_order=True` (FOMAML, §5.2),
 which treats the inner gradients as constants.
 
+BatchNorm's offset (and scale) are meta-learned and left alone by the inner loop
+(`adapt_batch_norm=False`), as in the MAML reference code (cbfinn/maml), whose
+BatchNorm variables live outside the weights its inner loop differentiates;
+`adapt_batch_norm=True` adapts them with the other weights, as learn2learn does.
+
 MAML++'s options, each its own switch: the multi-step loss (`multi_step_loss`),
 learned per-layer per-step inner learning rates (`learned_lrs`), per-step
 BatchNorm weights (`model.batch_norm=per_step`), derivative-order annealing
@@ -24,15 +29,14 @@ from metalearn.algorithms.base import (
     Algorithm,
     make_batched_meta_grad,
     make_init,
+    make_partial_adapt,
     make_predict,
-    make_sgd_adapt_step,
     merge_head,
     query_of,
     split_by,
     start_from_meta_params,
 )
 from metalearn.inner import (
-    make_adapt,
     make_model_loss,
     make_query_loss,
     make_stepwise_adapt,
@@ -56,6 +60,7 @@ def make_maml(
     learned_lrs: bool = False,
     first_order_epochs: int = 0,
     epoch_steps: int = 500,
+    adapt_batch_norm: bool = False,
 ) -> Algorithm:
     """Builds (first-order) MAML for `model` on `task`, with MAML++'s options.
 
@@ -82,6 +87,9 @@ def make_maml(
             N + 1 here).
         epoch_steps: meta-steps in an epoch, the unit of `multi_step_loss_epochs`
             and `first_order_epochs` (MAML++: 500).
+        adapt_batch_norm: also adapt BatchNorm's offset (and scale) in the inner
+            loop, as learn2learn does; false (the MAML reference code): they are
+            meta-learned only. Per-step BatchNorm is never adapted.
     """
     check_option(epoch_steps >= 1, "epoch_steps", epoch_steps, "it must be >= 1")
     check_option(
@@ -101,7 +109,9 @@ def make_maml(
     )
     per_step = model.batch_norm == "per_step"
     if not (multi_step_loss or learned_lrs or first_order_epochs or per_step):
-        return _make_plain_maml(model, task, inner_lr, inner_steps, first_order, remat)
+        return _make_plain_maml(
+            model, task, inner_lr, inner_steps, first_order, remat, adapt_batch_norm
+        )
     return _make_mamlpp(
         model,
         task,
@@ -113,6 +123,7 @@ def make_maml(
         learned_lrs=learned_lrs,
         first_order_steps=first_order_epochs * epoch_steps,
         epoch_steps=epoch_steps,
+        adapt_batch_norm=adapt_batch_norm,
     )
 
 
@@ -123,10 +134,17 @@ def _make_plain_maml(
     inner_steps: int,
     first_order: bool,
     remat: bool,
+    adapt_batch_norm: bool,
 ) -> Algorithm:
     loss_fn = make_model_loss(model, task.loss)
     query_loss = make_query_loss(model, task.loss)
-    adapt = make_adapt(loss_fn, inner_steps, first_order, remat)
+    fixed = fixed_in_inner_loop(model, adapt_batch_norm)
+    adapt = make_partial_adapt(fixed, loss_fn, inner_steps, first_order, remat)
+    adapt_one_step = make_partial_adapt(fixed, loss_fn, 1, first_order=True)
+
+    def adapt_step(meta_params, params, model_state, inputs, targets):
+        del meta_params
+        return adapt_one_step(params, inner_lr, model_state, inputs, targets)
 
     def task_objective(meta_params, model_state, batch: TaskBatch, step):
         del step  # the objective does not change with training
@@ -144,9 +162,17 @@ def _make_plain_maml(
         init=make_init(model, task),
         meta_grad=make_batched_meta_grad(task_objective, task),
         adapt_init=start_from_meta_params,
-        adapt_step=make_sgd_adapt_step(loss_fn, inner_lr),
+        adapt_step=adapt_step,
         predict=make_predict(model),
     )
+
+
+def fixed_in_inner_loop(model: Model, adapt_batch_norm: bool):
+    """`params -> bool pytree` marking what the inner loop leaves alone: the
+    BatchNorm parameters unless `adapt_batch_norm`, else nothing."""
+    if not adapt_batch_norm:
+        return model.is_batch_norm
+    return lambda params: jax.tree.map(lambda _: False, params)
 
 
 def multi_step_loss_weights(
@@ -195,12 +221,14 @@ def _make_mamlpp(
     learned_lrs: bool,
     first_order_steps: int,
     epoch_steps: int,
+    adapt_batch_norm: bool,
 ) -> Algorithm:
     """MAML with MAML++'s options: an inner loop that knows its step index.
 
-    With per-step BatchNorm the inner loop adapts every weight but BatchNorm's,
-    which are meta-learned only (MAML++'s `enable_inner_loop_optimizable_bn_params`
-    is false): the meta-parameters split into `(adapted, fixed)` trees.
+    The inner loop adapts every weight but BatchNorm's, which are meta-learned
+    only (MAML++'s `enable_inner_loop_optimizable_bn_params` is false; with
+    `adapt_batch_norm` and without per-step BatchNorm, it adapts them too): the
+    meta-parameters split into `(adapted, fixed)` trees.
     """
     per_step = model.batch_norm == "per_step"
     loss_fn = make_model_loss(model, task.loss)
@@ -219,11 +247,11 @@ def _make_mamlpp(
     def weights_of(meta_params):
         return meta_params["params"] if learned_lrs else meta_params
 
+    fixed = fixed_in_inner_loop(model, adapt_batch_norm and not per_step)
+
     def split(params: Params) -> tuple[Params, Params]:
         """(what the inner loop adapts, what it leaves alone)."""
-        if per_step:
-            return split_by(model.is_batch_norm(params), params)
-        return split_by(jax.tree.map(lambda _: False, params), params)
+        return split_by(fixed(params), params)
 
     def rates_of(meta_params):
         if learned_lrs:
