@@ -199,7 +199,40 @@ def conv3x3(inputs: jax.Array, weights: jax.Array, stride: int, impl: str):
         for j in range(3)
     ]
     patches = jnp.concatenate(views, axis=-1)  # [N, H', W', 9C], order (i, j, c)
-    return patches @ weights.reshape(9 * channels, -1)
+    matrix = weights.reshape(9 * channels, -1)
+    if 9 * channels >= matrix.shape[1]:
+        return patches @ matrix
+    # few input channels (a first layer): see `narrow_patch_product`
+    flat = narrow_patch_product(patches.reshape(-1, 9 * channels), matrix)
+    return flat.reshape(*patches.shape[:-1], -1)
+
+
+@jax.custom_vjp
+def narrow_patch_product(patches: jax.Array, weights: jax.Array) -> jax.Array:
+    """`patches [P, K] @ weights [K, F]` for narrow patches (K < F), with the
+    weight gradient computed as `patches^T @ g`.
+
+    Left to autodiff, XLA:CPU computes it as `(g^T @ patches)^T` and first copies
+    `g [P, F]` into its transpose, which dominated the first conv layer's backward
+    pass (K = 9): 20-way 1-shot first-order MAML ran about 20% faster this way
+    (`benchmarks/ours.py`). Wider patches keep autodiff's form, which was faster for
+    them.
+    """
+    return patches @ weights
+
+
+def _narrow_patch_product_forward(patches, weights):
+    return patches @ weights, (patches, weights)
+
+
+def _narrow_patch_product_backward(residuals, grads):
+    patches, weights = residuals
+    return grads @ weights.T, patches.T @ grads
+
+
+narrow_patch_product.defvjp(
+    _narrow_patch_product_forward, _narrow_patch_product_backward
+)
 
 
 def batch_statistics(inputs: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -10,27 +10,51 @@ from metalearn.models import conv3x3, make_conv4, normalise_batch
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("size", [7, 8])
-def test_im2col_convolution_equals_xlas_with_its_gradients(stride, size):
-    inputs = jax.random.normal(jax.random.key(0), (2, size, size, 3))
-    weights = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+@pytest.mark.parametrize(
+    "channels, filters",
+    [(3, 4), (1, 16)],  # wide patches (autodiff's gradient), narrow (our own)
+)
+def test_im2col_convolution_equals_xlas_with_its_gradients(
+    stride, size, channels, filters
+):
+    """Outputs, gradients and second derivatives (a Hessian-vector product, as
+    second-order MAML takes), in float64."""
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.key(0), 3)
+        inputs = jax.random.normal(keys[0], (2, size, size, channels), jnp.float64)
+        weights = jax.random.normal(keys[1], (3, 3, channels, filters), jnp.float64)
+        direction = jax.random.normal(keys[2], weights.shape, jnp.float64)
 
-    @jax.jit
-    def outputs_and_gradients(x, w):
-        results = []
-        for impl in ("im2col", "lax"):
-            loss = lambda x, w, impl=impl: jnp.sum(jnp.sin(conv3x3(x, w, stride, impl)))  # noqa: E731
-            results.append((conv3x3(x, w, stride, impl), jax.grad(loss, (0, 1))(x, w)))
-        return results
+        @jax.jit
+        def outputs_and_derivatives(x, w):
+            results = []
+            for impl in ("im2col", "lax"):
 
-    (out, grads), (want_out, want_grads) = outputs_and_gradients(inputs, weights)
-    np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-5)
-    for got, want in zip(grads, want_grads, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+                def loss(x, w, impl=impl):
+                    return jnp.sum(jnp.sin(conv3x3(x, w, stride, impl)))
+
+                def weight_grad_along(w, impl=impl):
+                    return jnp.vdot(jax.grad(loss, 1)(x, w, impl), direction)
+
+                results.append(
+                    (
+                        conv3x3(x, w, stride, impl),
+                        jax.grad(loss, (0, 1))(x, w),
+                        jax.grad(weight_grad_along)(w),
+                    )
+                )
+            return results
+
+        got, want = outputs_and_derivatives(inputs, weights)
+    for got_leaf, want_leaf in zip(
+        jax.tree.leaves(got), jax.tree.leaves(want), strict=True
+    ):
+        np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-10, atol=1e-10)
 
 
 def test_per_task_weights_under_vmap_give_each_tasks_own_convolution():
     inputs = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 1))
-    weights = jax.random.normal(jax.random.key(1), (3, 3, 3, 1, 4))
+    weights = jax.random.normal(jax.random.key(1), (3, 3, 3, 1, 16))  # narrow
     batched = jax.jit(jax.vmap(lambda x, w: conv3x3(x, w, 2, "im2col")))
     looped = jax.jit(lambda x, w: conv3x3(x, w, 2, "lax"))
     for task in range(3):
