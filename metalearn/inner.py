@@ -32,9 +32,12 @@ StepFn = Callable[
 UNROLL_UP_TO = 10
 
 
-def unroll_for(num_steps: int) -> int:
-    """`lax.scan`'s `unroll` for an inner loop of `num_steps` steps."""
-    return max(num_steps, 1) if num_steps <= UNROLL_UP_TO else 1
+def unroll_for(num_steps: int, remat: bool = False) -> int:
+    """`lax.scan`'s `unroll` for an inner loop of `num_steps` steps. A remat loop
+    stays rolled: unrolled, XLA merged the recomputed activations with the stored
+    ones and `algo.remat` saved nothing (20-way 1-shot second order: 1047 MB
+    against 1027 MB without it; rolled, about 300 MB)."""
+    return max(num_steps, 1) if num_steps <= UNROLL_UP_TO and not remat else 1
 
 
 def make_model_loss(model: Model, task_loss: Callable) -> LossFn:
@@ -96,7 +99,7 @@ def make_adapt(
             (params, state),
             None,
             length=num_steps,
-            unroll=unroll_for(num_steps),
+            unroll=unroll_for(num_steps, remat),
         )
         return params, state
 
@@ -163,7 +166,7 @@ def make_stepwise_adapt(
             jax.checkpoint(body) if remat else body,
             (params, state),
             jnp.arange(num_steps),
-            unroll=unroll_for(num_steps),
+            unroll=unroll_for(num_steps, remat),
         )
         return params, state, outputs
 

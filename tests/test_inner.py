@@ -117,12 +117,13 @@ def test_rematerialised_inner_loop_gives_the_same_meta_gradient(make_algorithm):
     )
 
 
-def test_remat_lowers_the_compiled_meta_gradients_scratch_memory():
+@pytest.mark.parametrize("steps", [5, 20])  # an unrolled loop, a rolled one
+def test_remat_lowers_the_compiled_meta_gradients_scratch_memory(steps):
     tasks = sample_tasks(25, 10, 10, seed=1)
     model = make_mlp(FAMILY.input_shape, 1, hidden_sizes=(40, 40))
     temp = {}
     for remat in (False, True):
-        maml = make_maml(model, FAMILY, 0.01, 20, remat=remat)
+        maml = make_maml(model, FAMILY, 0.01, steps, remat=remat)
         params, state = maml.init(jax.random.key(0))
         compiled = jax.jit(maml.meta_grad).lower(params, state, tasks).compile()
         temp[remat] = compiled.memory_analysis().temp_size_in_bytes
