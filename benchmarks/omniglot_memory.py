@@ -1,14 +1,16 @@
 """Memory of Omniglot's 20-way presets (5 inner steps, meta-batch 16): the training
-program, second and first order, with and without `algo.remat`; and one evaluation
-chunk's program against `eval.tasks_per_batch`, the numbers behind its rule.
+program, second and first order, with and without `algo.remat`, as the presets run it
+on a CPU (a device per core, each looping over its tasks one at a time) and all tasks
+at once on one device (as on a GPU); and one evaluation chunk's program against
+`eval.tasks_per_batch`, the numbers behind its rule.
 
-    python benchmarks/omniglot_memory.py --data-root /tmp/mldata   # ~10 min on 2 cores
+    python benchmarks/omniglot_memory.py --data-root /tmp/mldata   # ~20 min on 2 cores
 
-Training rows run `benchmarks/ours.py` for a few meta-steps in a fresh process each:
-the compiled window's memory as XLA accounts it (arguments, outputs and scratch)
-and the process's peak RSS. Evaluation rows compile (without running) the chunk
-program `train.py` builds for 10 adaptation steps at each chunk size, and fit its
-memory to `fixed + per_task * tasks_per_batch`. Writes
+Training rows run `benchmarks/ours.py` for a few meta-steps in a fresh process
+each: the compiled window's memory as XLA accounts it (arguments, outputs and
+scratch; per device) and the process's peak RSS. Evaluation rows compile (without
+running) the chunk program `train.py` builds for 10 adaptation steps at each chunk
+size, and fit its memory to `fixed + per_task * tasks_per_batch`. Writes
 `benchmarks/RESULTS_memory.md`.
 """
 
@@ -29,6 +31,11 @@ PRESETS = {
     "20w5s": "maml_paper_omniglot_20w5s",
 }
 CHUNKS = (1, 16, 64, 256)
+# how the training program runs: (label, overrides)
+WAYS_TO_RUN = {
+    "the preset: a device per core, 1 task at a time": [],
+    "1 device, all tasks at once": ["train.cpu_devices=1", "train.tasks_at_once=0"],
+}
 EVAL_STEPS = 10
 
 
@@ -86,19 +93,24 @@ def main() -> None:
     root = args.data_root
 
     train_rows = [
-        "| preset | order | `algo.remat` | program MB | peak RSS MB | meta-steps/s "
-        "| compile s |",
-        "|---|---|---|---|---|---|---|",
+        "| preset | order | `algo.remat` | run as | devices | program MB per device "
+        "| scratch MB per device | peak RSS MB | meta-steps/s | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, preset in PRESETS.items():
         for order in ("second", "first"):
             for remat in (False, True):
-                r = ours_on(preset, order, args.steps, remat, root, "train.log_every=1")
-                train_rows.append(
-                    f"| {name} | {order} | {str(remat).lower()} | "
-                    f"{r['program_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
-                    f"{r['steps_per_s']:.2f} | {r['compile_s']:.1f} |"
-                )
+                for way, overrides in WAYS_TO_RUN.items():
+                    r = ours_on(
+                        preset, order, args.steps, remat, root,
+                        "train.log_every=1", *overrides,
+                    )  # fmt: skip
+                    train_rows.append(
+                        f"| {name} | {order} | {str(remat).lower()} | {way} | "
+                        f"{r['devices']} | {r['program_mb']:.0f} | "
+                        f"{r['program_temp_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+                        f"{r['steps_per_s']:.2f} | {r['compile_s']:.1f} |"
+                    )
     eval_rows = [
         "| preset | "
         + " | ".join(f"{size} tasks MB" for size in CHUNKS)
@@ -128,8 +140,9 @@ def main() -> None:
         f"### Training ({args.steps} meta-steps timed per run, one fresh process each)",
         "",
         "Program MB: the compiled training window as XLA accounts it (arguments, "
-        "outputs and scratch); peak RSS: the whole process, data and compiler "
-        "included.",
+        "outputs and scratch), per device; scratch: its temporaries alone; peak "
+        "RSS: the whole process, every device, data and compiler included. "
+        "`algo.adapt_batch_norm=true` (the peer's maths, as the speed table).",
         "",
         *train_rows,
         "",
