@@ -80,11 +80,15 @@ def maths_differences(saved: Config, current: Config) -> list[str]:
 
 def migrate(saved: dict[str, Any]) -> dict[str, Any]:
     """A `config.json` of an older version in today's form: its optimiser named
-    by `name` (older runs named it by an optax `_target_`)."""
+    by `name` (older runs named it by an optax `_target_`); a MAML run from before
+    `algo.adapt_batch_norm` keeps adapting BatchNorm, as it did when it started."""
     optimizer = saved.get("optimizer", {})
     if "_target_" in optimizer:
         target = optimizer.pop("_target_")
         optimizer.setdefault("name", target.rsplit(".", 1)[-1])
+    algo = saved.get("algo", {})
+    if algo.get("name") == "maml":
+        algo.setdefault("adapt_batch_norm", True)
     return saved
 
 

@@ -233,12 +233,16 @@ def test_extending_a_run_on_resume_is_remembered_for_the_next_resume(run_dir):
 def test_resuming_a_run_saved_by_an_older_version(run_dir, tmp_path, capsys):
     saved = read_json(run_dir / CONFIG_FILE)
     del saved["train"]["sample_ahead"]  # a key added after the run started
+    # a key added after the run started whose default changed the maths: MAML
+    # adapted BatchNorm before algo.adapt_batch_norm, and an older run keeps that
+    del saved["algo"]["adapt_batch_norm"]
     optimizer = saved["optimizer"]  # older runs named the optimiser by optax target
     optimizer["_target_"] = f"optax.{optimizer.pop('name')}"
     (run_dir / CONFIG_FILE).write_text(json.dumps(saved))
     assert train_main(f"resume={run_dir}", "outer.steps=60") == 0
     assert int(final_state(run_dir).step) == 60
     assert read_json(run_dir / CONFIG_FILE)["optimizer"]["name"] == "adam"
+    assert read_json(run_dir / CONFIG_FILE)["algo"]["adapt_batch_norm"] is True
 
     # a checkpoint whose state is laid out otherwise: a clear refusal, no traceback
     parts = build(typed(read_json(run_dir / CONFIG_FILE)))
