@@ -6,19 +6,10 @@ the body is meta-learned in the outer loop and left untouched during adaptation,
 the inner loop neither computes nor applies body gradients.
 """
 
-from metalearn.algorithms.base import (
-    ALGORITHMS,
-    Algorithm,
-    make_batched_meta_grad,
-    make_head_adapt,
-    make_init,
-    make_predict,
-    query_of,
-    start_from_meta_params,
-)
-from metalearn.inner import make_model_loss, make_query_loss
+from metalearn.algorithms.base import ALGORITHMS, Algorithm, body_of
+from metalearn.algorithms.maml import make_partial_maml
 from metalearn.models import Model
-from metalearn.tasks import TaskBatch, TaskFamily
+from metalearn.tasks import TaskFamily
 
 
 @ALGORITHMS.register("anil")
@@ -41,31 +32,6 @@ def make_anil(
         first_order: drop second derivatives.
         remat: recompute each inner step's activations in the backward pass.
     """
-    loss_fn = make_model_loss(model, task.loss)
-    query_loss = make_query_loss(model, task.loss)
-    adapt = make_head_adapt(model, loss_fn, inner_steps, first_order, remat)
-    adapt_one_step = make_head_adapt(model, loss_fn, 1, first_order=True)
-
-    def task_objective(meta_params, model_state, batch: TaskBatch, step):
-        del step  # the objective does not change with training
-        params, state = adapt(
-            meta_params,
-            inner_lr,
-            model_state,
-            batch.support_inputs,
-            batch.support_targets,
-        )
-        return query_loss(params, state, *query_of(batch))
-
-    def adapt_step(meta_params, params, model_state, inputs, targets):
-        del meta_params
-        return adapt_one_step(params, inner_lr, model_state, inputs, targets)
-
-    return Algorithm(
-        name="anil",
-        init=make_init(model, task),
-        meta_grad=make_batched_meta_grad(task_objective, task),
-        adapt_init=start_from_meta_params,
-        adapt_step=adapt_step,
-        predict=make_predict(model),
+    return make_partial_maml(
+        "anil", model, task, body_of(model), inner_lr, inner_steps, first_order, remat
     )

@@ -315,8 +315,13 @@ def make_head_adapt(
 ) -> Callable:
     """`make_adapt` that changes only the model's head: `(params, lr, state,
     inputs, targets) -> (params, state)`; the body is held fixed."""
+    return make_partial_adapt(body_of(model), loss_fn, num_steps, first_order, remat)
+
+
+def body_of(model: Model) -> Callable[[Params], Any]:
+    """`params -> bool pytree` marking everything but the model's head."""
 
     def body_mask(params: Params) -> Any:
         return jax.tree.map(lambda is_head: not is_head, model.head(params))
 
-    return make_partial_adapt(body_mask, loss_fn, num_steps, first_order, remat)
+    return body_mask

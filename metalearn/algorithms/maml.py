@@ -21,6 +21,9 @@ BatchNorm weights (`model.batch_norm=per_step`), derivative-order annealing
 meta-steps.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -136,11 +139,35 @@ def _make_plain_maml(
     remat: bool,
     adapt_batch_norm: bool,
 ) -> Algorithm:
+    return make_partial_maml(
+        "fomaml" if first_order else "maml",
+        model,
+        task,
+        fixed_in_inner_loop(model, adapt_batch_norm),
+        inner_lr,
+        inner_steps,
+        first_order,
+        remat,
+    )
+
+
+def make_partial_maml(
+    name: str,
+    model: Model,
+    task: TaskFamily,
+    fixed_mask: Callable[[Params], Any],
+    inner_lr: float,
+    inner_steps: int,
+    first_order: bool,
+    remat: bool,
+) -> Algorithm:
+    """MAML whose inner loop leaves alone the leaves that `fixed_mask(params)`
+    marks (they are meta-learned in the outer loop only): plain MAML's BatchNorm
+    parameters, ANIL's whole body. The same inner step adapts at evaluation."""
     loss_fn = make_model_loss(model, task.loss)
     query_loss = make_query_loss(model, task.loss)
-    fixed = fixed_in_inner_loop(model, adapt_batch_norm)
-    adapt = make_partial_adapt(fixed, loss_fn, inner_steps, first_order, remat)
-    adapt_one_step = make_partial_adapt(fixed, loss_fn, 1, first_order=True)
+    adapt = make_partial_adapt(fixed_mask, loss_fn, inner_steps, first_order, remat)
+    adapt_one_step = make_partial_adapt(fixed_mask, loss_fn, 1, first_order=True)
 
     def adapt_step(meta_params, params, model_state, inputs, targets):
         del meta_params
@@ -158,7 +185,7 @@ def _make_plain_maml(
         return query_loss(params, state, *query_of(batch))
 
     return Algorithm(
-        name="fomaml" if first_order else "maml",
+        name=name,
         init=make_init(model, task),
         meta_grad=make_batched_meta_grad(task_objective, task),
         adapt_init=start_from_meta_params,
