@@ -185,6 +185,9 @@ def main():
     parser.add_argument(
         "--quick", action="store_true", help="3 meta-steps, 20 eval tasks, one run each"
     )
+    parser.add_argument(
+        "--workloads", nargs="+", choices=sorted(WORKLOADS), default=list(WORKLOADS)
+    )
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS_omniglot.md")
     parser.add_argument("--ours-eval", action="store_true", help=argparse.SUPPRESS)
@@ -197,9 +200,10 @@ def main():
     if args.quick:
         steps, repeats, warmup, eval_tasks = 3, 1, 1, 20
     root = args.data_root
+    workloads = {name: WORKLOADS[name] for name in args.workloads}
 
     training, ratios, info = [], [], {}
-    for name, workload in WORKLOADS.items():
+    for name, workload in workloads.items():
         n = max(1, steps // workload.cost)
         for order in ORDERS:
             runs = interleaved(
@@ -218,7 +222,7 @@ def main():
         "| workload | adaptation steps | tasks/s | compile s | tasks per chunk |",
         "|---|---|---|---|---|",
     ]
-    for name, workload in WORKLOADS.items():
+    for name, workload in workloads.items():
         for eval_steps in EVAL_STEPS:
             r = ours_eval(workload, eval_steps, eval_tasks, root)
             evaluation.append(
@@ -238,7 +242,7 @@ def main():
         f"### Meta-training ({runs_label(repeats)}; {steps} meta-steps timed per "
         f"5-way run, {max(1, steps // 5)} per 20-way run)",
         "",
-        "Workloads: " + "; ".join(f"{k} = {w.label}" for k, w in WORKLOADS.items()),
+        "Workloads: " + "; ".join(f"{k} = {w.label}" for k, w in workloads.items()),
         "(1 query image per class, Adam 1e-3, conv4 with 64 filters). Compile: our "
         "training window's compilation; warm-up: the peer's first meta-steps.",
         "",
