@@ -239,8 +239,9 @@ def main():
         "",
         f"`{' '.join(['python', 'benchmarks/omniglot_speed.py', *sys.argv[1:]])}`",
         "",
-        f"### Meta-training ({runs_label(repeats)}; {steps} meta-steps timed per "
-        f"5-way run, {max(1, steps // 5)} per 20-way run)",
+        f"### Meta-training ({runs_label(repeats)}; meta-steps timed per run: "
+        + ", ".join(f"{max(1, steps // w.cost)} for {k}" for k, w in workloads.items())
+        + ")",
         "",
         "Workloads: " + "; ".join(f"{k} = {w.label}" for k, w in workloads.items()),
         "(1 query image per class, Adam 1e-3, conv4 with 64 filters). Compile: our "
