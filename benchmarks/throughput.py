@@ -60,6 +60,22 @@ def reference(tasks, k, lr, amp, steps, sampling="tutorial") -> dict:
     return measure(command)
 
 
+def cpu_and_date() -> str:
+    """The CPU's model name, whether it has AVX-512, and today's date."""
+    model, avx512 = platform.processor() or platform.machine(), False
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                avx512 = "avx512f" in value.split()
+                break
+    extension = " with AVX-512" if avx512 else ""
+    return f"{model}{extension}, {time.strftime('%Y-%m-%d')}"
+
+
 def jax_device() -> str:
     """JAX's version and what it runs on, e.g. 'JAX 0.10.2 on cpu'."""
     probe = (

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from throughput import jax_device
+from throughput import cpu_and_date, jax_device
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -108,7 +108,8 @@ def main() -> None:
             f"{platform.machine()} ({os.cpu_count()} cores), {jax_device()}; "
             f"{steps} meta-steps per 5-way run and a fifth of that per 20-way "
             f"run, medians of {repeats} runs "
-            f"({(time.perf_counter() - start) / 60:.0f} min in all).",
+            f"({(time.perf_counter() - start) / 60:.0f} min in all), on "
+            f"{cpu_and_date()}.",
             "",
             "| workload | order | way | meta-steps/s | vs the first way |",
             "|---|---|---|---|---|",
