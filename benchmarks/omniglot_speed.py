@@ -97,7 +97,13 @@ def ours_on(
 
 
 def peer(
-    workload: Workload, order: str, steps: int, warmup: int, root, threads=None
+    workload: Workload,
+    order: str,
+    steps: int,
+    warmup: int,
+    root,
+    threads=None,
+    device="cpu",
 ) -> dict:
     w = workload
     command = [sys.executable, str(HERE / "peer_l2l.py"), "--steps", str(steps)]
@@ -107,6 +113,7 @@ def peer(
     command += ["--order", order, "--warmup", str(warmup)]
     command += ["--data-root", str(root)] if root else []
     command += ["--threads", str(threads)] if threads else []
+    command += ["--device", device]
     return measure(command)
 
 
@@ -135,14 +142,21 @@ def interleaved(repeats: int, **commands) -> dict[str, dict]:
     return merged
 
 
-TRAIN_HEADER = [
-    "| workload | order | run | meta-steps/s | compile / warm-up s | wall s "
-    "| peak RSS MB |",
-    "|---|---|---|---|---|---|---|",
-]
+def train_header(gpu: bool) -> list[str]:
+    """The meta-training table's header; `gpu` adds a peak GPU memory column."""
+    return [
+        "| workload | order | run | meta-steps/s | compile / warm-up s | wall s "
+        "| peak RSS MB |" + (" peak GPU MB |" if gpu else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if gpu else ""),
+    ]
 
 
-def training_rows(workload, order, ours_off, ours_on, peer_run) -> list[str]:
+def peak_gpu_mb(run: dict) -> float | None:
+    """A run's peak GPU memory: ours (JAX) or the peer's (torch); None on a CPU."""
+    return run.get("peak_device_mb") or run.get("peak_gpu_mb")
+
+
+def training_rows(workload, order, ours_off, ours_on, peer_run, gpu) -> list[str]:
     """Table rows of one workload and order: ours, ours with remat, the peer."""
     warmup = f"{peer_run['warmup_s']:.2f} (first {int(peer_run['warmup_steps'])})"
     runs = [
@@ -153,6 +167,7 @@ def training_rows(workload, order, ours_off, ours_on, peer_run) -> list[str]:
     return [
         f"| {workload} | {order} | {name} | {r['steps_per_s']:.2f} | {first} | "
         f"{r['process_wall_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        + (f" {peak_gpu_mb(r) or float('nan'):.0f} |" if gpu else "")
         for name, r, first in runs
     ]
 
@@ -181,6 +196,12 @@ def main():
         default=None,
         help="torch threads (default: torch's own choice, one per core)",
     )
+    parser.add_argument(
+        "--peer-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the peer's torch runs (cuda: on a GPU, beside JAX's GPU runs)",
+    )
     parser.add_argument("--eval-tasks", type=int, default=600)
     parser.add_argument(
         "--quick", action="store_true", help="3 meta-steps, 20 eval tasks, one run each"
@@ -202,7 +223,7 @@ def main():
     root = args.data_root
     workloads = {name: WORKLOADS[name] for name in args.workloads}
 
-    training, ratios, info = [], [], {}
+    training, ratios, info, gpu = [], [], {}, False
     for name, workload in workloads.items():
         n = max(1, steps // workload.cost)
         for order in ORDERS:
@@ -211,12 +232,20 @@ def main():
                 off=functools.partial(ours, workload, order, n, False, root),
                 on=functools.partial(ours, workload, order, n, True, root),
                 peer=functools.partial(
-                    peer, workload, order, n, warmup, root, args.peer_threads
+                    peer,
+                    workload,
+                    order,
+                    n,
+                    warmup,
+                    root,
+                    args.peer_threads,
+                    args.peer_device,
                 ),
             )
             info = runs["peer"]
+            gpu = gpu or any(peak_gpu_mb(run) for run in runs.values())
             row = (name, order, runs["off"], runs["on"], runs["peer"])
-            training += training_rows(*row)
+            training += training_rows(*row, gpu)
             ratios.append(ratio_row(*row))
     evaluation = [
         "| workload | adaptation steps | tasks/s | compile s | tasks per chunk |",
@@ -233,7 +262,7 @@ def main():
     versions = info["versions"]
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} "
-        f"CPUs; {jax_device()}; torch {versions['torch']} "
+        f"CPUs; {jax_device()}; torch {versions['torch']} on {info['device']} "
         f"({info['torch_threads']} threads), learn2learn {versions['learn2learn']}; "
         f"Python {versions['python']}; numpy {versions['numpy']}",
         "",
@@ -247,7 +276,7 @@ def main():
         "(1 query image per class, Adam 1e-3, conv4 with 64 filters). Compile: our "
         "training window's compilation; warm-up: the peer's first meta-steps.",
         "",
-        *TRAIN_HEADER,
+        *train_header(gpu),
         *training,
         "",
         "| workload | order | meta-steps/s ours / learn2learn | ours with remat / "

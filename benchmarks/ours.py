@@ -33,6 +33,14 @@ from metalearn.trainer import init_train_state  # noqa: E402
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
 
 
+def peak_device_mb() -> float | None:
+    """The largest peak memory of JAX's devices (GPU: what XLA's allocator held);
+    None where the devices do not report it (CPU)."""
+    stats = [device.memory_stats() for device in jax.local_devices()]
+    peaks = [s["peak_bytes_in_use"] for s in stats if s and "peak_bytes_in_use" in s]
+    return max(peaks) / 2**20 if peaks else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20000, help="meta-steps timed")
@@ -72,6 +80,7 @@ def main():
                 "program_mb": program_bytes(compiled) / 2**20,
                 "final_meta_loss": float(metrics["train/meta_loss"]),
                 "devices": 1 if mesh is None else int(mesh.devices.size),
+                "peak_device_mb": peak_device_mb(),
             }
         )
     )

@@ -38,8 +38,12 @@ It computes what metalearn's `experiment=maml_paper_omniglot_*` computes
   U(0, 1)). Padding needs no change: metalearn's `conv3x3` pads every side by 1,
   as `padding=1` does. `--net l2l` runs the stock `OmniglotCNN` instead.
 
+`--device cuda` runs the network on the GPU (episodes are still drawn on the host,
+then copied over, as learn2learn's examples do).
+
 Prints one JSON line: meta-steps/s over the timed steps (the warm-up steps are
-timed apart), peak RSS, torch's threads, versions.
+timed apart), peak RSS (and on a GPU torch's peak GPU memory), torch's threads,
+versions.
 """
 
 import argparse
@@ -138,6 +142,11 @@ def sample_episode(
         query_inputs=inputs[:, shots:].reshape(ways * query, *side),
         query_targets=labels.repeat_interleave(query),
     )
+
+
+def to_device(episode: Episode, device: torch.device) -> Episode:
+    """The episode's tensors on `device`."""
+    return Episode(*(tensor.to(device) for tensor in episode))
 
 
 # --- network --------------------------------------------------------------------
@@ -284,6 +293,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=100, help="meta-steps timed")
     parser.add_argument("--warmup", type=int, default=3, help="meta-steps before")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument(
@@ -297,11 +307,14 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU")
+    device = torch.device(args.device)
     rng = np.random.default_rng(args.seed)
     images = training_images(args.data_root or default_data_root(), args.split_seed)
     network = make_network(
         args.net, args.ways, args.filters, args.bn_scale, args.bn_eps
-    )
+    ).to(device)
     maml = l2l.algorithms.MAML(
         network, lr=args.inner_lr, first_order=args.order == "first"
     )
@@ -313,11 +326,16 @@ def main(argv=None) -> dict:
         for _ in range(steps):
             optimizer.zero_grad()
             episodes = [
-                sample_episode(rng, images, args.ways, args.shots, args.query)
+                to_device(
+                    sample_episode(rng, images, args.ways, args.shots, args.query),
+                    device,
+                )
                 for _ in range(args.batch)
             ]
             result = meta_step(maml, episodes, loss, args.inner_steps)
             optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # the last Adam step's kernels, inside the time
         return time.perf_counter() - start, result
 
     warmup_s, _ = train(args.warmup)
@@ -328,6 +346,10 @@ def main(argv=None) -> dict:
         "warmup_steps": args.warmup,
         "warmup_s": warmup_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": (
+            torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+        ),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
         "final_meta_loss": meta_loss,
         "final_accuracy": accuracy,

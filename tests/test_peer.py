@@ -185,6 +185,16 @@ def test_the_peer_runs_from_the_command_line(omniglot_root):
     assert np.isfinite(report["final_meta_loss"])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here")
+def test_the_peer_asked_for_cuda_without_a_gpu_says_so(omniglot_root):
+    command = [sys.executable, str(REPO / "benchmarks" / "peer_l2l.py")]
+    command += ["--device", "cuda", "--data-root", str(omniglot_root)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.strip().endswith("--device cuda: torch sees no CUDA GPU")
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("name", ["5w1s", "20w1s"])
 def test_the_speed_workloads_are_the_experiments_settings(speed, name):
     workload = speed.WORKLOADS[name]
@@ -213,7 +223,20 @@ def test_the_speed_table_reports_both_sides_and_their_ratio(speed):
         "process_wall_s": 40,
         "peak_rss_mb": 500,
     }
-    lines = speed.training_rows("5w1s", "second", ours, ours, peer)
+    lines = speed.training_rows("5w1s", "second", ours, ours, peer, False)
     assert len(lines) == 3 and "| 4.00 | 9.00 |" in lines[0]
-    assert "| learn2learn | 2.00 | 1.50 (first 3) | 40.0 | 500 |" in lines[2]
+    assert lines[2].endswith("| learn2learn | 2.00 | 1.50 (first 3) | 40.0 | 500 |")
     assert "2.0x" in speed.ratio_row("5w1s", "second", ours, ours, peer)
+    assert speed.train_header(False)[0].endswith("| peak RSS MB |")
+    # on a GPU: a column of peak GPU memory, JAX's for ours and torch's for the peer
+    lines = speed.training_rows(
+        "5w1s",
+        "second",
+        {**ours, "peak_device_mb": 1234.4},
+        {**ours, "peak_device_mb": 99.6},
+        {**peer, "peak_gpu_mb": 321.0},
+        True,
+    )
+    assert [line.rsplit("|", 2)[1] for line in lines] == [" 1234 ", " 100 ", " 321 "]
+    assert speed.train_header(True)[0].endswith("| peak RSS MB | peak GPU MB |")
+    assert speed.train_header(True)[1].count("|") == 9
