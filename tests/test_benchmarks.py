@@ -10,7 +10,7 @@ import pytest
 from helpers import REPO, load_script, python_script
 
 from metalearn.algorithms import make_maml
-from metalearn.models import make_mlp
+from metalearn.models import make_conv4, make_mlp
 from metalearn.tasks import TaskBatch
 from metalearn.tasks.sinusoid import make_sinusoid
 
@@ -107,3 +107,23 @@ def test_the_memory_benchmarks_chunk_memory_grows_with_the_chunk(omniglot_root):
     sizes = [report[str(size)] for size in (1, 16, 64, 256)]
     assert sizes == sorted(sizes) and sizes[-1] > 10 * sizes[0]
     assert report["default"] >= 1
+
+
+@pytest.mark.parametrize("images", [5, 20])
+def test_the_cpu_limit_benchmarks_conv_shapes_are_conv4s_flops(images):
+    """The matrix products cpu_limit.py times are those of conv4's forward pass:
+    their FLOPs are XLA's count of the network on as many images, but for
+    BatchNorm, ReLU, the mean, the head and the first layer's own product (13%
+    more here; wrong output sides would be off by a factor of 4 or more)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports throughput.py
+    limit = load_script(REPO / "benchmarks" / "cpu_limit.py", "cpu_limit")
+    model = make_conv4((28, 28, 1), 20)
+    inputs = jnp.zeros((images, 28, 28, 1))
+    params, state = model.init(jax.random.key(0), inputs)
+    forward = jax.jit(lambda p, x: model.apply(p, state, x, True)[0])
+    analysis = forward.lower(params, inputs).compile().cost_analysis()
+    counted = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    shapes = limit.conv_shapes(images)
+    assert [k for _, k, _ in shapes] == [9, 576, 576, 576]
+    products = sum(2 * rows * inner * columns for rows, inner, columns in shapes)
+    assert products <= counted <= 1.2 * products
