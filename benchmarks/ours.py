@@ -13,6 +13,7 @@ compiled program's memory (MB).
 import argparse
 import json
 import time
+from typing import Any, NamedTuple
 
 start = time.perf_counter()
 
@@ -41,14 +42,23 @@ def peak_device_mb() -> float | None:
     return max(peaks) / 2**20 if peaks else None
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20000, help="meta-steps timed")
-    parser.add_argument("overrides", nargs="*", help="train.py overrides")
-    args = parser.parse_args()
+class Training(NamedTuple):
+    """A compiled training window as `train.py` builds it, and what it runs on."""
+
+    config: Any
+    mesh: Any
+    compiled: Any  # (state, data, num_steps) -> (state, metrics)
+    state: Any
+    data: Any
+    compile_s: float
+
+
+def compiled_training(overrides: list[str]) -> Training:
+    """`train.py`'s config from `overrides` (logger off), its devices, and its
+    training window compiled (timed) for the initial state."""
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        config = typed(compose("config", overrides=[*args.overrides, "logger=none"]))
+        config = typed(compose("config", overrides=[*overrides, "logger=none"]))
     use_cpu_devices(config.train.cpu_devices)
     parts = build(config)
     mesh = task_mesh(config.train.devices, config.outer.batch)
@@ -59,6 +69,15 @@ def main():
     compile_start = time.perf_counter()
     compiled = window.lower(state, data, jnp.int32(1)).compile()
     compile_s = time.perf_counter() - compile_start
+    return Training(config, mesh, compiled, state, data, compile_s)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20000, help="meta-steps timed")
+    parser.add_argument("overrides", nargs="*", help="train.py overrides")
+    args = parser.parse_args()
+    config, mesh, compiled, state, data, compile_s = compiled_training(args.overrides)
     memory = compiled.memory_analysis()
     state, metrics = compiled(state, data, jnp.int32(1))  # warm-up: first call
     jax.device_get(metrics)

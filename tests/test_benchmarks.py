@@ -127,3 +127,55 @@ def test_the_cpu_limit_benchmarks_conv_shapes_are_conv4s_flops(images):
     assert [k for _, k, _ in shapes] == [9, 576, 576, 576]
     products = sum(2 * rows * inner * columns for rows, inner, columns in shapes)
     assert products <= counted <= 1.2 * products
+
+
+def test_the_op_profile_sums_operations_on_the_runtimes_threads():
+    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports throughput.py
+    profile = load_script(REPO / "benchmarks" / "op_profile.py", "op_profile")
+    python, runtime = {"pid": 1, "tid": 7}, {"pid": 1, "tid": 8}
+
+    def event(thread, name, ts, dur):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, **thread}
+
+    events = [
+        {"ph": "M", "name": "thread_name", "args": {"name": "python"}, **python},
+        event(python, "ParseArguments", 0, 50),  # the host's, not an operation
+        event(runtime, "while.3", 10, 90),  # contains the operations below
+        event(runtime, "ynn_fusion.12", 10, 30),
+        event(runtime, "ynn_fusion.4", 40, 20),
+        event(runtime, "slice_select_fusion", 60, 10),
+        event(runtime, "Rendezvous", 70, 25),  # waiting inside the all-reduce
+        event(runtime, "all-reduce.1", 70, 30),
+        event(runtime, "end: ynn_fusion", 100, 0),
+    ]
+    times, span = profile.operation_times(events)
+    assert times == {
+        "ynn_fusion.12": 30,
+        "ynn_fusion.4": 20,
+        "slice_select_fusion": 10,
+        "all-reduce.1": 30,
+    }
+    assert span == 90
+    assert (
+        profile.kind_of("ynn_fusion.12")
+        == profile.kind_of("ynn_fusion")
+        == "ynn_fusion"
+    )
+    assert profile.truncated(span=7.0, wall=10.0)  # the buffer filled after 7 s
+    assert not profile.truncated(span=9.5, wall=10.0)
+    assert not profile.truncated(span=0.001, wall=0.004)  # tiny: dispatch dominates
+
+
+def test_the_op_profile_runs_and_reports(tmp_path):
+    out = tmp_path / "profile.md"
+    python_script(
+        REPO / "benchmarks" / "op_profile.py",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+        "task=sinusoid",
+        "outer.batch=4",
+    )
+    text = out.read_text()
+    assert "cores busy" in text and "| matrix products (`ynn_fusion`, `dot`) |" in text
