@@ -17,10 +17,6 @@ in its own process (`benchmarks/ours.py`), medians of `--repeats` runs in turn:
 - `2 devices, one at a time`: two host devices, each looping over its share one
   task at a time (`train.cpu_devices=2 train.tasks_at_once=1`: what the presets
   do on a 2-core CPU);
-- `2 devices, one at a time, 1 thread each`: the presets' way with XLA's
-  intra-op threading off (`XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
-  intra_op_parallelism_threads=1`), so each device computes on one thread
-  rather than sharing a pool of the cores' threads;
 - `two jobs side by side`: two runs of the first way at once (what a sweep with
   the joblib launcher and `n_jobs=2` does): the sum of their meta-steps/s.
 
@@ -60,23 +56,17 @@ def command(workload: str, order: str, steps: int, overrides, root) -> list[str]
     return line + ([f"data.root={root}"] if root else [])
 
 
-ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
-
-def run(processes: int, line: list[str], xla_flags: str = "") -> float:
-    """Meta-steps/s of `processes` runs of `line` started together (summed), with
-    `xla_flags` added to XLA_FLAGS."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+def run(processes: int, line: list[str]) -> float:
+    """Meta-steps/s of `processes` runs of `line` started together (summed)."""
     started = [
-        subprocess.Popen(line, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(line, cwd=REPO, stdout=subprocess.PIPE, text=True)
         for _ in range(processes)
     ]
     total = 0.0
     for process in started:
         output, _ = process.communicate()
         if process.returncode != 0:
-            raise RuntimeError(f"{' '.join(line)} failed")
+            raise SystemExit(f"{' '.join(line)} failed (its error is above)")
         total += json.loads(output.strip().splitlines()[-1])["steps_per_s"]
     return total
 
@@ -92,26 +82,18 @@ def main() -> None:
     steps, repeats = (5, 1) if args.quick else (args.steps, args.repeats)
     start = time.perf_counter()
     rows = []
-    ways = [(name, 1, overrides, "") for name, overrides in SETUPS.items()]
-    ways.append(
-        (
-            "2 devices, one at a time, 1 thread each",
-            1,
-            SETUPS["2 devices, one at a time"],
-            ONE_THREAD,
-        )
-    )
-    ways.append(("two jobs side by side", 2, SETUPS[BASE], ""))
+    ways = [(name, 1, overrides) for name, overrides in SETUPS.items()]
+    ways.append(("two jobs side by side", 2, SETUPS[BASE]))
     for workload in PRESETS:
         timed = max(2, round(steps * STEPS[workload]))
         for order in ("second", "first"):
-            speeds: dict[str, list[float]] = {name: [] for name, *_ in ways}
+            speeds: dict[str, list[float]] = {name: [] for name, _, _ in ways}
             for _ in range(repeats):  # in turn, so drift touches every way alike
-                for name, processes, overrides, xla_flags in ways:
+                for name, processes, overrides in ways:
                     line = command(workload, order, timed, overrides, args.data_root)
-                    speeds[name].append(run(processes, line, xla_flags))
+                    speeds[name].append(run(processes, line))
             base = statistics.median(speeds[BASE])
-            for name, *_ in ways:
+            for name, _, _ in ways:
                 speed = statistics.median(speeds[name])
                 rows.append(
                     f"| {workload} | {order} | {name} | {speed:.2f} | "
