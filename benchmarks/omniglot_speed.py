@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -156,6 +157,24 @@ def peak_gpu_mb(run: dict) -> float | None:
     return run.get("peak_device_mb") or run.get("peak_gpu_mb")
 
 
+def gpu_mb(run: dict) -> str:
+    """A run's peak GPU memory for the table, '-' for a run on the CPU."""
+    peak = peak_gpu_mb(run)
+    return "-" if peak is None else f"{peak:.0f}"
+
+
+def check_both_on_gpu() -> None:
+    """Exits with a one-line message unless JAX computes on a GPU and torch sees
+    CUDA: `--peer-device cuda` is for a GPU beside a GPU."""
+    device = jax_device()
+    if device.endswith(" on cpu"):
+        raise SystemExit(f"--peer-device cuda: {device}, not on a GPU")
+    probe = [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"]
+    seen = subprocess.run(probe, capture_output=True, text=True).stdout.strip()
+    if seen != "True":
+        raise SystemExit("--peer-device cuda: torch sees no CUDA GPU")
+
+
 def training_rows(workload, order, ours_off, ours_on, peer_run, gpu) -> list[str]:
     """Table rows of one workload and order: ours, ours with remat, the peer."""
     warmup = f"{peer_run['warmup_s']:.2f} (first {int(peer_run['warmup_steps'])})"
@@ -167,7 +186,7 @@ def training_rows(workload, order, ours_off, ours_on, peer_run, gpu) -> list[str
     return [
         f"| {workload} | {order} | {name} | {r['steps_per_s']:.2f} | {first} | "
         f"{r['process_wall_s']:.1f} | {r['peak_rss_mb']:.0f} |"
-        + (f" {peak_gpu_mb(r) or float('nan'):.0f} |" if gpu else "")
+        + (f" {gpu_mb(r)} |" if gpu else "")
         for name, r, first in runs
     ]
 
@@ -223,7 +242,9 @@ def main():
     root = args.data_root
     workloads = {name: WORKLOADS[name] for name in args.workloads}
 
-    training, ratios, info, gpu = [], [], {}, False
+    if args.peer_device == "cuda":
+        check_both_on_gpu()
+    measured, info = [], {}
     for name, workload in workloads.items():
         n = max(1, steps // workload.cost)
         for order in ORDERS:
@@ -243,10 +264,10 @@ def main():
                 ),
             )
             info = runs["peer"]
-            gpu = gpu or any(peak_gpu_mb(run) for run in runs.values())
-            row = (name, order, runs["off"], runs["on"], runs["peer"])
-            training += training_rows(*row, gpu)
-            ratios.append(ratio_row(*row))
+            measured.append((name, order, runs["off"], runs["on"], runs["peer"]))
+    gpu = any(peak_gpu_mb(run) for row in measured for run in row[2:])
+    training = [line for row in measured for line in training_rows(*row, gpu)]
+    ratios = [ratio_row(*row) for row in measured]
     evaluation = [
         "| workload | adaptation steps | tasks/s | compile s | tasks per chunk |",
         "|---|---|---|---|---|",

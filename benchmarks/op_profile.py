@@ -8,8 +8,11 @@ The arguments after the options are `train.py` overrides (default: the MAML pape
 Omniglot 20-way 1-shot preset, second order, `algo.adapt_batch_norm=true`: the speed
 table's maths). The training window is built and compiled as `train.py` builds it,
 run once untimed, then `--steps` meta-steps under `jax.profiler.trace`. Each
-operation's time is summed over the threads that ran it (one per core at most), so
-`cores busy` = the operations' time / wall time. Matrix products are XLA:CPU's
+operation's time is summed over the threads that ran it, so the operations' time /
+wall time is how many threads were inside an operation at a time: an upper bound on
+the cores computing, since a thread waiting inside an operation (for the pool's
+other threads) counts too. The process's CPU time / wall time (the profiler's own
+work included) is printed beside it. Matrix products are XLA:CPU's
 `dot`s and the YNNPACK kernels it hands them to (`ynn_fusion`, which may carry
 elementwise work fused into them); the rest is data movement (copies and transposes,
 slices, pads, concatenations) and elementwise work. Control flow (`while`) and the
@@ -87,8 +90,11 @@ def truncated(span: float, wall: float) -> bool:
     return wall - span > max(0.1 * wall, 0.05)
 
 
-def profile(overrides: list[str], steps: int) -> tuple[float, collections.Counter]:
-    """Wall seconds per meta-step and the operations' microseconds per meta-step."""
+def profile(
+    overrides: list[str], steps: int
+) -> tuple[float, float, collections.Counter]:
+    """Wall seconds per meta-step, the process's CPU seconds per meta-step, and the
+    operations' microseconds per meta-step."""
     import jax
     import jax.numpy as jnp
     from ours import compiled_training
@@ -98,12 +104,17 @@ def profile(overrides: list[str], steps: int) -> tuple[float, collections.Counte
     jax.device_get(metrics)
     with tempfile.TemporaryDirectory() as folder:
         with jax.profiler.trace(folder, create_perfetto_trace=True):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             state, metrics = compiled(state, data, jnp.int32(steps))
             jax.device_get(metrics)
             wall = time.perf_counter() - start
-        (path,) = Path(folder).rglob("*.trace.json.gz")
-        with gzip.open(path) as file:
+            cpu = time.process_time() - cpu_start
+        paths = list(Path(folder).rglob("*.trace.json.gz"))
+        if len(paths) != 1:
+            raise SystemExit(
+                f"jax.profiler.trace wrote {len(paths)} Perfetto traces, not one"
+            )
+        with gzip.open(paths[0]) as file:
             trace = json.load(file)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     times, span = operation_times(events)
@@ -113,8 +124,10 @@ def profile(overrides: list[str], steps: int) -> tuple[float, collections.Counte
             f"{wall:.2f} s (the profiler keeps a bounded number of events); trace "
             "fewer meta-steps"
         )
-    return wall / steps, collections.Counter(
-        {name: t / steps for name, t in times.items()}
+    return (
+        wall / steps,
+        cpu / steps,
+        collections.Counter({name: t / steps for name, t in times.items()}),
     )
 
 
@@ -129,7 +142,7 @@ def main() -> None:
     overrides = args.overrides or DEFAULT
     if args.data_root:
         overrides = [*overrides, f"data.root={args.data_root}"]
-    wall, times = profile(overrides, args.steps)
+    wall, cpu, times = profile(overrides, args.steps)
     kinds: collections.Counter = collections.Counter()
     for name, t in times.items():
         kinds[kind_of(name)] += t
@@ -149,8 +162,10 @@ def main() -> None:
             f"{args.steps} meta-steps traced.",
             "",
             f"{1 / wall:.2f} meta-steps/s under the profiler ({wall * 1e3:.0f} ms "
-            f"each); the operations ran {busy / 1e3:.0f} ms of thread time per "
-            f"meta-step: {busy / 1e6 / wall:.2f} cores busy.",
+            f"each); the process used {cpu / wall:.2f} cores (CPU time over wall "
+            f"time); its operations ran {busy / 1e3:.0f} ms of thread time per "
+            f"meta-step, {busy / 1e6 / wall:.2f} threads inside an operation at a "
+            "time (an upper bound on the cores computing).",
             "",
             "| operations | ms per meta-step (all threads) | share |",
             "|---|---|---|",

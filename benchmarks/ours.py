@@ -20,10 +20,13 @@ start = time.perf_counter()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
 
 from metalearn.build import build, make_training_window  # noqa: E402
-from metalearn.config import register_configs, typed  # noqa: E402
+from metalearn.config import ConfigError, register_configs, typed  # noqa: E402
+from metalearn.data import DataError  # noqa: E402
 from metalearn.runtime import (  # noqa: E402
+    DeviceError,
     program_bytes,
     replicate,
     task_mesh,
@@ -57,10 +60,13 @@ def compiled_training(overrides: list[str]) -> Training:
     """`train.py`'s config from `overrides` (logger off), its devices, and its
     training window compiled (timed) for the initial state."""
     register_configs()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        config = typed(compose("config", overrides=[*overrides, "logger=none"]))
-    use_cpu_devices(config.train.cpu_devices)
-    parts = build(config)
+    try:
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            config = typed(compose("config", overrides=[*overrides, "logger=none"]))
+        use_cpu_devices(config.train.cpu_devices)
+        parts = build(config)
+    except (ConfigError, DataError, DeviceError, HydraException) as error:
+        raise SystemExit(str(error)) from None
     mesh = task_mesh(config.train.devices, config.outer.batch)
     window = make_training_window(config, parts, mesh)
     data = replicate(parts.tasks.train.data, mesh)

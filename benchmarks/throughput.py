@@ -38,7 +38,8 @@ def measure(command: list[str]) -> dict:
     output = process.stdout.read()
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed")
+        # its own error is on stderr just above
+        raise SystemExit(f"{' '.join(command)} failed")
     lines = [line for line in output.splitlines() if line.startswith("{")]
     result = json.loads(lines[-1]) if lines else {}
     result["process_wall_s"] = wall

@@ -10,7 +10,7 @@ import pytest
 from helpers import REPO, load_script, python_script
 
 from metalearn.algorithms import make_maml
-from metalearn.models import make_conv4, make_mlp
+from metalearn.models import conv3x3, make_conv4, make_mlp
 from metalearn.tasks import TaskBatch
 from metalearn.tasks.sinusoid import make_sinusoid
 
@@ -125,6 +125,12 @@ def test_the_cpu_limit_benchmarks_conv_shapes_are_conv4s_flops(images):
     counted = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
     shapes = limit.conv_shapes(images)
     assert [k for _, k, _ in shapes] == [9, 576, 576, 576]
+    side, channels = 28, 1  # each layer's output side, as conv4's convolution gives it
+    for rows, inner, _ in shapes:
+        image = jnp.zeros((images, side, side, channels))
+        side = conv3x3(image, jnp.zeros((3, 3, channels, 64)), 2, "im2col").shape[1]
+        assert (rows, inner) == (images * side * side, 9 * channels)
+        channels = 64
     products = sum(2 * rows * inner * columns for rows, inner, columns in shapes)
     assert products <= counted <= 1.2 * products
 
@@ -178,4 +184,5 @@ def test_the_op_profile_runs_and_reports(tmp_path):
         "outer.batch=4",
     )
     text = out.read_text()
-    assert "cores busy" in text and "| matrix products (`ynn_fusion`, `dot`) |" in text
+    assert "cores (CPU time over wall time)" in text
+    assert "| matrix products (`ynn_fusion`, `dot`) |" in text

@@ -195,6 +195,12 @@ def test_the_peer_asked_for_cuda_without_a_gpu_says_so(omniglot_root):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here")
+def test_the_speed_table_on_a_gpu_refuses_to_start_without_one(speed):
+    with pytest.raises(SystemExit, match="--peer-device cuda: JAX .* not on a GPU"):
+        speed.check_both_on_gpu()
+
+
 @pytest.mark.parametrize("name", ["5w1s", "20w1s"])
 def test_the_speed_workloads_are_the_experiments_settings(speed, name):
     workload = speed.WORKLOADS[name]
@@ -238,5 +244,7 @@ def test_the_speed_table_reports_both_sides_and_their_ratio(speed):
         True,
     )
     assert [line.rsplit("|", 2)[1] for line in lines] == [" 1234 ", " 100 ", " 321 "]
+    lines = speed.training_rows("5w1s", "second", ours, ours, peer, True)
+    assert [line.rsplit("|", 2)[1] for line in lines] == [" - "] * 3  # on the CPU
     assert speed.train_header(True)[0].endswith("| peak RSS MB | peak GPU MB |")
     assert speed.train_header(True)[1].count("|") == 9
