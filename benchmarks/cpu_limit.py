@@ -10,8 +10,9 @@ first order (`algo.adapt_batch_norm=true`, the speed table's maths):
 - GFLOP per meta-step: XLA's cost analysis of one meta-gradient of the whole
   meta-batch (all tasks vmapped in one program, so nothing hides in a loop that the
   analysis counts once); the presets compute the same products one task at a time.
-- meta-steps/s: `benchmarks/ours.py` on the preset as it is (one device per core,
-  one task at a time), compilation excluded; medians of `--repeats` runs.
+- meta-steps/s: the speed table's run of ours (`omniglot_speed.ours`:
+  `benchmarks/ours.py` on the preset as it is, one device per core, one task at a
+  time), compilation excluded; medians of `--repeats` runs.
 - Two yardsticks: JAX's float32 matrix product of large square matrices (the
   CPU's practical peak, both cores), and its rate at the shapes of the network's
   convolutions on one task's support images (im2col: images x output pixels rows,
@@ -25,52 +26,33 @@ Needs the prepared Omniglot data (`python -m metalearn.data omniglot`).
 """
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from throughput import cpu_and_date, jax_device, measure
+from omniglot_speed import ORDERS, WORKLOADS, Workload, ours
+from throughput import machine
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-PRESETS = {  # name -> (experiment, images of one task's support set, meta-steps)
-    "5w1s": ("maml_paper_omniglot_5w1s", 5, 1.0),
-    "20w1s": ("maml_paper_omniglot_20w1s", 20, 0.2),
-}
-ALGO = {"second": "maml", "first": "fomaml"}
 SIDES = (14, 7, 4, 2)  # conv4's output sides on 28 px images (stride 2)
 FILTERS = 64
 SQUARE = 2048  # the large matrix product's side
 
 
-def speed(preset: str, order: str, steps: int, root) -> float:
-    """Meta-steps/s of `ours.py` on the preset as it is."""
-    command = [sys.executable, str(HERE / "ours.py"), "--steps", str(steps)]
-    command += [f"experiment={preset}", f"algo={ALGO[order]}"]
-    command += ["algo.adapt_batch_norm=true", f"train.log_every={max(1, steps // 3)}"]
-    command += [f"data.root={root}"] if root else []
-    return measure(command)["steps_per_s"]
-
-
-def gflop_per_step(preset: str, order: str, root) -> float:
-    """XLA's FLOP count of one meta-gradient of the preset's meta-batch, in GFLOP."""
+def gflop_per_step(workload: Workload, order: str, root) -> float:
+    """XLA's FLOP count of one meta-gradient of the preset's meta-batch, in GFLOP
+    (the maths `omniglot_speed.ours` times)."""
     import jax
-    from hydra import compose, initialize_config_dir
+    from ours import config_and_parts
 
-    from metalearn.build import build
-    from metalearn.config import register_configs, typed
     from metalearn.trainer import init_train_state
 
-    register_configs()
-    overrides = [f"experiment={preset}", f"algo={ALGO[order]}", "logger=none"]
-    overrides += ["algo.adapt_batch_norm=true"]
+    overrides = [f"experiment={workload.experiment}", "algo.adapt_batch_norm=true"]
+    overrides += ["algo=fomaml" if order == "first" else "algo=maml"]
     overrides += [f"data.root={root}"] if root else []
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        config = typed(compose("config", overrides=overrides))
-    parts = build(config)
+    # one device: only the program's FLOPs are wanted
+    config, parts = config_and_parts(overrides, set_devices=False)
     state = init_train_state(parts.algorithm, parts.optimizer, jax.random.key(0))
     family = parts.tasks.train
     keys = jax.random.split(jax.random.key(1), config.outer.batch)
@@ -153,19 +135,22 @@ def main() -> None:
     start = time.perf_counter()
 
     speeds = {}  # first, in subprocesses, with nothing else running here
-    for name, (preset, _, share) in PRESETS.items():
-        for order in ALGO:
-            timed = max(2, round(steps * share))
-            runs = [speed(preset, order, timed, args.data_root) for _ in range(repeats)]
+    for name, workload in WORKLOADS.items():
+        timed = max(2, steps // workload.cost)
+        for order in ORDERS:
+            runs = [
+                ours(workload, order, timed, False, args.data_root)["steps_per_s"]
+                for _ in range(repeats)
+            ]
             speeds[name, order] = statistics.median(runs)
     peak = matmul_gflops(SQUARE, SQUARE, SQUARE, seconds)
     limits = {
-        name: shape_limited_gflops(images, seconds)
-        for name, (_, images, _) in PRESETS.items()
+        name: shape_limited_gflops(w.ways * w.shots, seconds)
+        for name, w in WORKLOADS.items()
     }
     rows = []
     for (name, order), steps_per_s in speeds.items():
-        gflop = gflop_per_step(PRESETS[name][0], order, args.data_root)
+        gflop = gflop_per_step(WORKLOADS[name], order, args.data_root)
         achieved = gflop * steps_per_s
         shape_limit = limits[name][0]
         rows.append(
@@ -179,8 +164,7 @@ def main() -> None:
             "# How close to this CPU's limit: Omniglot MAML",
             "",
             f"`{' '.join(['python benchmarks/cpu_limit.py', *sys.argv[1:]])}` on "
-            f"{platform.machine()} ({os.cpu_count()} cores), {jax_device()}, "
-            f"{cpu_and_date()}; meta-steps/s over {steps} meta-steps per 5-way run "
+            f"{machine()}; meta-steps/s over {steps} meta-steps per 5-way run "
             f"and a fifth of that per 20-way run, "
             f"{'one run' if repeats == 1 else f'medians of {repeats} runs'} each "
             f"({(time.perf_counter() - start) / 60:.0f} min in all).",
@@ -188,7 +172,7 @@ def main() -> None:
             f"Float32 matrix product, {SQUARE}x{SQUARE}x{SQUARE}: {peak:.0f} GFLOP/s. "
             "At the convolutions' im2col shapes on one task's support images "
             "(rows x inner x columns: GFLOP/s): "
-            + "; ".join(f"{name}: {', '.join(limits[name][1])}" for name in PRESETS)
+            + "; ".join(f"{name}: {', '.join(limits[name][1])}" for name in WORKLOADS)
             + ".",
             "",
             "| workload | order | GFLOP per meta-step | meta-steps/s | GFLOP/s "

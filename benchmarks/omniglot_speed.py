@@ -152,14 +152,10 @@ def train_header(gpu: bool) -> list[str]:
     ]
 
 
-def peak_gpu_mb(run: dict) -> float | None:
-    """A run's peak GPU memory: ours (JAX) or the peer's (torch); None on a CPU."""
-    return run.get("peak_device_mb") or run.get("peak_gpu_mb")
-
-
 def gpu_mb(run: dict) -> str:
-    """A run's peak GPU memory for the table, '-' for a run on the CPU."""
-    peak = peak_gpu_mb(run)
+    """A run's peak GPU memory (ours: JAX's, the peer's: torch's) for the table,
+    '-' for a run on the CPU."""
+    peak = run.get("peak_device_mb")
     return "-" if peak is None else f"{peak:.0f}"
 
 
@@ -265,7 +261,7 @@ def main():
             )
             info = runs["peer"]
             measured.append((name, order, runs["off"], runs["on"], runs["peer"]))
-    gpu = any(peak_gpu_mb(run) for row in measured for run in row[2:])
+    gpu = any(run.get("peak_device_mb") for row in measured for run in row[2:])
     training = [line for row in measured for line in training_rows(*row, gpu)]
     ratios = [ratio_row(*row) for row in measured]
     evaluation = [
@@ -319,18 +315,12 @@ def time_ours_eval(overrides: list[str]) -> dict:
     """Our evaluation protocol as `train.py` builds it (`make_evaluation`), timed:
     its chunk programs compiled first, then one full evaluation."""
     import jax
-    from hydra import compose, initialize_config_dir
+    from ours import config_and_parts
 
-    from metalearn.build import build, eval_tasks_per_batch, make_evaluation
-    from metalearn.config import register_configs, typed
-    from metalearn.runtime import use_cpu_devices
+    from metalearn.build import eval_tasks_per_batch, make_evaluation
     from metalearn.trainer import init_train_state
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        config = typed(compose("config", overrides=[*overrides, "logger=none"]))
-    use_cpu_devices(config.train.cpu_devices)
-    parts = build(config)
+    config, parts = config_and_parts(overrides)
     state = init_train_state(parts.algorithm, parts.optimizer, jax.random.key(0))
     evaluate = make_evaluation(config, parts, jax.random.key(1))
     start = time.perf_counter()

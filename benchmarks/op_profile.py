@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from throughput import cpu_and_date, jax_device
+from throughput import machine
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -158,7 +158,7 @@ def main() -> None:
             "# Where a meta-step's time goes",
             "",
             f"`{' '.join(['python benchmarks/op_profile.py', *sys.argv[1:]])}` "
-            f"({' '.join(overrides)}) on {jax_device()}, {cpu_and_date()}; "
+            f"({' '.join(overrides)}) on {machine()}; "
             f"{args.steps} meta-steps traced.",
             "",
             f"{1 / wall:.2f} meta-steps/s under the profiler ({wall * 1e3:.0f} ms "

@@ -56,17 +56,25 @@ class Training(NamedTuple):
     compile_s: float
 
 
-def compiled_training(overrides: list[str]) -> Training:
-    """`train.py`'s config from `overrides` (logger off), its devices, and its
-    training window compiled (timed) for the initial state."""
+def config_and_parts(overrides: list[str], set_devices: bool = True):
+    """`train.py`'s typed config from `overrides` (logger off) and what it builds;
+    with `set_devices`, JAX's CPU devices set first as the config asks. Bad input
+    exits with its one-line message."""
     register_configs()
     try:
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             config = typed(compose("config", overrides=[*overrides, "logger=none"]))
-        use_cpu_devices(config.train.cpu_devices)
-        parts = build(config)
+        if set_devices:
+            use_cpu_devices(config.train.cpu_devices)
+        return config, build(config)
     except (ConfigError, DataError, DeviceError, HydraException) as error:
         raise SystemExit(str(error)) from None
+
+
+def compiled_training(overrides: list[str]) -> Training:
+    """`train.py`'s config from `overrides` (logger off), its devices, and its
+    training window compiled (timed) for the initial state."""
+    config, parts = config_and_parts(overrides)
     mesh = task_mesh(config.train.devices, config.outer.batch)
     window = make_training_window(config, parts, mesh)
     data = replicate(parts.tasks.train.data, mesh)

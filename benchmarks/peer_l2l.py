@@ -346,7 +346,7 @@ def main(argv=None) -> dict:
         "warmup_steps": args.warmup,
         "warmup_s": warmup_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": (
+        "peak_device_mb": (
             torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
         ),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

@@ -61,6 +61,14 @@ def reference(tasks, k, lr, amp, steps, sampling="tutorial") -> dict:
     return measure(command)
 
 
+def machine() -> str:
+    """What a benchmark ran on, and when: e.g. 'x86_64 (2 cores), JAX 0.10.2 on
+    cpu, AMD EPYC with AVX-512, 2026-12-03'."""
+    return f"{platform.machine()} ({os.cpu_count()} cores), {jax_device()}, " + (
+        cpu_and_date()
+    )
+
+
 def cpu_and_date() -> str:
     """The CPU's model name, whether it has AVX-512, and today's date."""
     model, avx512 = platform.processor() or platform.machine(), False

@@ -25,15 +25,13 @@ Needs the prepared Omniglot data (`python -m metalearn.data omniglot`).
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from throughput import cpu_and_date, jax_device
+from throughput import machine
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -105,11 +103,9 @@ def main() -> None:
             "# The second core: Omniglot MAML meta-steps/s",
             "",
             f"`{' '.join(['python benchmarks/two_cores.py', *sys.argv[1:]])}` on "
-            f"{platform.machine()} ({os.cpu_count()} cores), {jax_device()}; "
-            f"{steps} meta-steps per 5-way run and a fifth of that per 20-way "
-            f"run, medians of {repeats} runs "
-            f"({(time.perf_counter() - start) / 60:.0f} min in all), on "
-            f"{cpu_and_date()}.",
+            f"{machine()}; {steps} meta-steps per 5-way run and a fifth of that "
+            f"per 20-way run, medians of {repeats} runs "
+            f"({(time.perf_counter() - start) / 60:.0f} min in all).",
             "",
             "| workload | order | way | meta-steps/s | vs the first way |",
             "|---|---|---|---|---|",

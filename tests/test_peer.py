@@ -240,7 +240,7 @@ def test_the_speed_table_reports_both_sides_and_their_ratio(speed):
         "second",
         {**ours, "peak_device_mb": 1234.4},
         {**ours, "peak_device_mb": 99.6},
-        {**peer, "peak_gpu_mb": 321.0},
+        {**peer, "peak_device_mb": 321.0},
         True,
     )
     assert [line.rsplit("|", 2)[1] for line in lines] == [" 1234 ", " 100 ", " 321 "]
