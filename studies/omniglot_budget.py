@@ -5,10 +5,12 @@ acceptance names, one after the other, and their table.
     python studies/omniglot_budget.py --only fo5w1s    # one of them
     python studies/omniglot_budget.py --only so5w1s mamlpp5w1s --seeds 1 2
     python studies/omniglot_budget.py --tabulate-only  # the table of runs made before
+    python studies/omniglot_budget.py --tabulate-only --out docs/figures  # the docs
 
 Each run is `python train.py <its overrides> train.max_minutes=<M>` into
 `<--runs>/<name>`, W&B offline as usual; the table (written to
-`docs/figures/omniglot_budget.md`) gives the meta-steps each run got in the budget,
+`<--runs>/omniglot_budget.md`, or into the folder `--out` names: the docs' copy is
+`--out docs/figures`) gives the meta-steps each run got in the budget,
 its speed, and the test accuracy (600 tasks, ± 95% CI) at step 0 (chance: nothing of
 a test task leaks), after the paper's test steps and after 10. Seed 0 runs into
 `<name>`, seed s into `<name>_seed<s>`; rows run with more than one seed also get
@@ -167,7 +169,12 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(RUNS), nargs="*")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--tabulate-only", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for omniglot_budget.md (default: the --runs folder; the docs' "
+        "copy: docs/figures)",
+    )
     args = parser.parse_args()
     failed = []
     if not args.tabulate_only:
@@ -179,8 +186,11 @@ def main() -> int:
             if train_run(name, seed, args.runs, args.minutes):
                 failed.append(run_name(name, seed))
     text = table(args.runs)
-    (args.out / "omniglot_budget.md").write_text(text)
+    out = (args.out or args.runs) / "omniglot_budget.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
     print(text)
+    print(f"written to {out}", file=sys.stderr)
     if failed:
         print(f"did not finish: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

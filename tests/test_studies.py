@@ -168,6 +168,30 @@ def test_the_budget_table_gives_seeds_a_t_interval_and_pairs_mamlpp_with_maml(
     )
 
 
+def test_the_budget_table_goes_beside_its_runs_unless_out_names_a_folder(
+    tmp_path, monkeypatch
+):
+    """A run of a few budget settings in a fresh folder must not replace the docs'
+    table of every run with its own few rows."""
+    import omniglot_budget
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    budget_run(runs / "fo5w1s", 3000, 0.41)
+    docs_copy = REPO / "docs" / "figures" / "omniglot_budget.md"
+    before = docs_copy.read_text()
+    argv = ["omniglot_budget.py", "--tabulate-only", "--runs", str(runs)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert omniglot_budget.main() == 0
+    assert "| fo5w1s | 5w1s |" in (runs / "omniglot_budget.md").read_text()
+    assert docs_copy.read_text() == before
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "figures")])
+    assert omniglot_budget.main() == 0
+    assert (tmp_path / "figures" / "omniglot_budget.md").read_text() == (
+        runs / "omniglot_budget.md"
+    ).read_text()
+
+
 def table1_run(ways: int, k: int, first_order: bool, acc: float, seed: int):
     """A finished run as the Table 1 studies read it (no training needed)."""
     from types import SimpleNamespace as Namespace
