@@ -2,7 +2,8 @@
 metalearn's MAML: the same meta-loss and meta-gradient from the same weights and
 episodes, on metalearn's class split, with tasks drawn alike.
 
-Skipped without the `peers` extra (torch and learn2learn: benchmarks/PEERS.md).
+Skipped without the `peers` extra and learn2learn (`bash benchmarks/install_peers.sh`,
+which CI runs first).
 """
 
 import importlib.util
@@ -15,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 if importlib.util.find_spec("learn2learn") is None:
     pytest.skip(
-        "learn2learn is not installed (the peers extra: benchmarks/PEERS.md)",
+        "learn2learn is not installed (bash benchmarks/install_peers.sh)",
         allow_module_level=True,
     )
 
