@@ -185,14 +185,17 @@ def main() -> int:
         ):
             if train_run(name, seed, args.runs, args.minutes):
                 failed.append(run_name(name, seed))
+    if failed:
+        print(f"did not finish: {', '.join(failed)}", file=sys.stderr)
+    if not finished(args.runs):
+        print(f"no finished runs in {args.runs}: no table written", file=sys.stderr)
+        return 1
     text = table(args.runs)
     out = (args.out or args.runs) / "omniglot_budget.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
     print(f"written to {out}", file=sys.stderr)
-    if failed:
-        print(f"did not finish: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -172,19 +172,21 @@ def test_the_budget_table_goes_beside_its_runs_unless_out_names_a_folder(
     tmp_path, monkeypatch
 ):
     """A run of a few budget settings in a fresh folder must not replace the docs'
-    table of every run with its own few rows."""
+    table of every run with its own few rows, nor write an empty table."""
     import omniglot_budget
 
+    # a default that still pointed into the repo would point here instead
+    monkeypatch.setattr(omniglot_budget, "REPO", tmp_path)
     runs = tmp_path / "runs"
     runs.mkdir()
-    budget_run(runs / "fo5w1s", 3000, 0.41)
-    docs_copy = REPO / "docs" / "figures" / "omniglot_budget.md"
-    before = docs_copy.read_text()
     argv = ["omniglot_budget.py", "--tabulate-only", "--runs", str(runs)]
     monkeypatch.setattr(sys, "argv", argv)
+    assert omniglot_budget.main() == 1  # no finished runs: nothing written
+    assert list(tmp_path.rglob("*.md")) == []
+    budget_run(runs / "fo5w1s", 3000, 0.41)
     assert omniglot_budget.main() == 0
     assert "| fo5w1s | 5w1s |" in (runs / "omniglot_budget.md").read_text()
-    assert docs_copy.read_text() == before
+    assert not (tmp_path / "docs").exists()
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "figures")])
     assert omniglot_budget.main() == 0
     assert (tmp_path / "figures" / "omniglot_budget.md").read_text() == (
