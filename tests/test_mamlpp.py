@@ -368,8 +368,10 @@ def test_batch_norm_left_to_the_outer_loop_is_a_zero_inner_rate_for_it(
         tasks = float64(image_tasks(2, 3, 4, seed=3))
         step = 10**6  # past the multi-step loss's annealing: the last step only
         got = jax.jit(maml.meta_grad)(meta_params, state, tasks, step)
-        want_loss, want_grads = jax.value_and_grad(
-            functools.partial(hand_meta_loss, model, first_order), argnums=0
+        want_loss, want_grads = jax.jit(
+            jax.value_and_grad(
+                functools.partial(hand_meta_loss, model, first_order), argnums=0
+            )
         )(meta_params, state, tasks)
         np.testing.assert_allclose(got.loss, want_loss, rtol=1e-10)
         assert_tree_close(got.grads, want_grads)
