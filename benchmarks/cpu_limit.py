@@ -27,12 +27,11 @@ Needs the prepared Omniglot data (`python -m metalearn.data omniglot`).
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from omniglot_speed import ORDERS, WORKLOADS, Workload, ours
-from throughput import machine
+from throughput import command_line, machine
 
 HERE = Path(__file__).resolve().parent
 SIDES = (14, 7, 4, 2)  # conv4's output sides on 28 px images (stride 2)
@@ -163,7 +162,7 @@ def main() -> None:
         [
             "# How close to this CPU's limit: Omniglot MAML",
             "",
-            f"`{' '.join(['python benchmarks/cpu_limit.py', *sys.argv[1:]])}` on "
+            f"`{command_line('cpu_limit.py')}` on "
             f"{machine()}; meta-steps/s over {steps} meta-steps per 5-way run "
             f"and a fifth of that per 20-way run, "
             f"{'one run' if repeats == 1 else f'medians of {repeats} runs'} each "

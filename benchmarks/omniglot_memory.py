@@ -16,13 +16,12 @@ size, and fit its memory to `fixed + per_task * tasks_per_batch`. Writes
 
 import argparse
 import json
-import os
 import platform
 import sys
 from pathlib import Path
 
 from omniglot_speed import ours_on
-from throughput import jax_device, measure
+from throughput import command_line, machine, measure
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -132,10 +131,9 @@ def main() -> None:
         )
 
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} "
-        f"CPUs; {jax_device()}; Python {platform.python_version()}",
+        f"Machine: {machine()}; Python {platform.python_version()}",
         "",
-        f"`{' '.join(['python', 'benchmarks/omniglot_memory.py', *sys.argv[1:]])}`",
+        f"`{command_line('omniglot_memory.py')}`",
         "",
         f"### Training ({args.steps} meta-steps timed per run, one fresh process each)",
         "",

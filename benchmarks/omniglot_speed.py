@@ -25,8 +25,6 @@ Needs the prepared Omniglot data (`python -m metalearn.data omniglot`) and the
 import argparse
 import functools
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,7 +32,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from throughput import jax_device, measure, runs_label
+from throughput import command_line, jax_device, machine, measure, runs_label
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -278,12 +276,11 @@ def main():
 
     versions = info["versions"]
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} "
-        f"CPUs; {jax_device()}; torch {versions['torch']} on {info['device']} "
+        f"Machine: {machine()}; torch {versions['torch']} on {info['device']} "
         f"({info['torch_threads']} threads), learn2learn {versions['learn2learn']}; "
         f"Python {versions['python']}; numpy {versions['numpy']}",
         "",
-        f"`{' '.join(['python', 'benchmarks/omniglot_speed.py', *sys.argv[1:]])}`",
+        f"`{command_line('omniglot_speed.py')}`",
         "",
         f"### Meta-training ({runs_label(repeats)}; meta-steps timed per run: "
         + ", ".join(f"{max(1, steps // w.cost)} for {k}" for k, w in workloads.items())

@@ -28,12 +28,11 @@ import collections
 import gzip
 import json
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from throughput import machine
+from throughput import command_line, machine
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -157,7 +156,7 @@ def main() -> None:
         [
             "# Where a meta-step's time goes",
             "",
-            f"`{' '.join(['python benchmarks/op_profile.py', *sys.argv[1:]])}` "
+            f"`{command_line('op_profile.py')}` "
             f"({' '.join(overrides)}) on {machine()}; "
             f"{args.steps} meta-steps traced.",
             "",

@@ -61,6 +61,12 @@ def reference(tasks, k, lr, amp, steps, sampling="tutorial") -> dict:
     return measure(command)
 
 
+def command_line(script: str) -> str:
+    """How `script` (a file in benchmarks/) was run, its arguments included, for a
+    results file to quote."""
+    return " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])
+
+
 def machine() -> str:
     """What a benchmark ran on, and when: e.g. 'x86_64 (2 cores), JAX 0.10.2 on
     cpu, AMD EPYC with AVX-512, 2026-12-03'."""
@@ -146,9 +152,7 @@ def main():
     ours_steps, ref_steps = (2000, 300) if args.quick else (20000, 3000)
     repeats = 1 if args.quick else args.repeats
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, {jax_device()}; "
-        f"`{' '.join(['python', 'benchmarks/throughput.py', *sys.argv[1:]])}`",
+        f"Machine: {machine()}; `{command_line('throughput.py')}`",
         "",
         "### Ours vs the tutorial-style loop (second-order MAML, 1 inner step; "
         f"{runs_label(repeats)})",

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from throughput import machine
+from throughput import command_line, machine
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -102,7 +102,7 @@ def main() -> None:
         [
             "# The second core: Omniglot MAML meta-steps/s",
             "",
-            f"`{' '.join(['python benchmarks/two_cores.py', *sys.argv[1:]])}` on "
+            f"`{command_line('two_cores.py')}` on "
             f"{machine()}; {steps} meta-steps per 5-way run and a fifth of that "
             f"per 20-way run, medians of {repeats} runs "
             f"({(time.perf_counter() - start) / 60:.0f} min in all).",
